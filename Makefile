@@ -1,0 +1,26 @@
+# The two commands of the README: `make repro` (install + run the pipeline) and `make test`.
+# Everything is installed into a local virtual environment (.venv) from the package registries.
+PYTHON ?= python3
+VENV ?= .venv
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: install repro test clean-venv
+
+install: $(VENV)/.installed
+
+# torch first, pinned: on CPU this takes the CPU wheel; an unpinned resolve would pull CUDA wheels.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip
+	$(VENV)/bin/pip install "torch==2.13.0"
+	$(VENV)/bin/pip install -e ".[dev]"
+	touch $@
+
+repro: install
+	dvc repro
+
+test: install
+	pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,72 @@
+"""Loading `params.yaml`, applying overrides, and recording which keys a stage reads.
+
+DVC re-runs a stage when one of the params it *declares* changes, so a stage that reads a key it
+does not declare would go stale silently. `Params` records every key read; the test suite compares
+that record with `dvc.yaml` for every stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+
+class ParamsError(KeyError):
+    pass
+
+
+class Params:
+    """Read-only view on the params dict that records the dotted keys accessed."""
+
+    def __init__(self, data: dict[str, Any], source: str = "params.yaml"):
+        self._data = data
+        self._source = source
+        self.accessed: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        node: Any = self._data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ParamsError(
+                    f"{self._source}: missing param '{key}'. Add it (see the params.yaml shipped "
+                    "with prism for every key and its default)."
+                )
+            node = node[part]
+        self.accessed.add(key)
+        return node
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except ParamsError:
+            return default
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ValueError(f"--set expects KEY=VALUE, got '{item}'")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
+    """Load params.yaml and apply `KEY=VALUE` overrides (dotted keys, YAML-typed values)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: params file not found. Run from the project root or pass --params PATH."
+        )
+    data = yaml.safe_load(path.read_text()) or {}
+    for item in overrides:
+        key, value = _parse_override(item)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return Params(data, source=str(path))

@@ -1,0 +1,1 @@
+"""Typer commands, one per DVC stage. Thin: parse params, call pipeline/, write artifacts."""

@@ -1,0 +1,21 @@
+"""`prism`: one command per pipeline stage (what dvc.yaml runs), plus helpers."""
+
+import typer
+
+from . import collab, embed, preprocess, synth
+
+app = typer.Typer(
+    name="prism",
+    help="PRISM pipeline stages. Each reads params.yaml (override with --set KEY=VALUE) and writes "
+    "the artifacts that dvc.yaml declares.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("preprocess")(preprocess.preprocess_cmd)
+app.command("embed")(embed.embed_cmd)
+app.command("collab")(collab.collab_cmd)
+app.command("synth")(synth.synth_cmd)
+
+if __name__ == "__main__":
+    app()

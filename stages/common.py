@@ -1,0 +1,42 @@
+"""What every stage command shares: params loading with overrides, clean errors, summaries."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable
+
+import typer
+
+from pipeline.config import Params, load_params
+from pipeline.data.amazon import DataError
+from pipeline.utils import setup_logging
+
+PARAMS_OPT = typer.Option(Path("params.yaml"), "--params", help="params file (DVC's params.yaml)")
+SET_OPT = typer.Option(None, "--set", "-S", help="override a param: KEY=VALUE (dotted keys), repeatable")
+
+
+def params(path: Path, overrides: list[str] | None) -> Params:
+    return load_params(path, overrides or [])
+
+
+def stage(fn: Callable) -> Callable:
+    """Logging on stderr; known errors end the command with their message, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        setup_logging()
+        try:
+            return fn(*args, **kwargs)
+        except (DataError, FileNotFoundError, RuntimeError, ValueError, KeyError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"prism {fn.__name__.removesuffix('_cmd')}: error: {msg}", file=sys.stderr)
+            raise typer.Exit(code=1) from None
+
+    return wrapper
+
+
+def summary(line: str) -> None:
+    """The one-line summary each stage prints on stdout."""
+    print(line, flush=True)

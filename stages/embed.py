@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from pipeline.embed import encode, load_model
+from pipeline.utils import resolve_device, write_json, write_npy
+
+from .common import PARAMS_OPT, SET_OPT, params, stage, summary
+
+
+@stage
+def embed_cmd(
+    params_file: Path = PARAMS_OPT,
+    set_: list[str] = SET_OPT,
+    data: Path = typer.Option(Path("data/processed"), help="preprocess output folder"),
+    out: Path = typer.Option(Path("data/features"), help="output folder for the embeddings"),
+):
+    """Content embeddings of items (e_cont) and of tag names per depth (HSA anchors)."""
+    p = params(params_file, set_)
+    device = resolve_device(p["device"])
+    t0 = time.time()
+    model = load_model(p["embed_model"], device)
+    items = pd.read_parquet(data / "items.parquet")
+    tags = pd.read_parquet(data / "tags.parquet")
+    bs = p["embed.batch_size"]
+    content = encode(model, items["text"].tolist(), bs, "item texts")
+    write_npy(out / "content.npy", content)
+    depths = sorted(tags["depth"].unique())
+    for d in depths:
+        names = tags[tags["depth"] == d].sort_values("tag")["name"].tolist()
+        write_npy(out / f"tags_depth{d}.npy", encode(model, names, bs, f"depth-{d} tag names"))
+    info = {"model": p["embed_model"], "dim": int(content.shape[1]), "items": int(content.shape[0]),
+            "tags_per_depth": [int((tags["depth"] == d).sum()) for d in depths],
+            "device": device, "wall_s": round(time.time() - t0, 1)}
+    write_json(out / "info.json", info)
+    summary(f"embed: {info['items']:,} items x {info['dim']}-d with {p['embed_model']} on {device}, "
+            f"tags per depth {info['tags_per_depth']}, {info['wall_s']}s -> {out}")
+
+
