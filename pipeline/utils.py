@@ -17,6 +17,10 @@ import numpy as np
 log = logging.getLogger("prism")
 
 
+class DataError(Exception):
+    """Bad or missing input, with a message that names the file, the record and the fix."""
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Logs go to stderr; stdout is kept for each stage's one-line summary."""
     if not log.handlers:

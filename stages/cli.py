@@ -2,7 +2,7 @@
 
 import typer
 
-from . import collab, embed, preprocess, synth
+from . import collab, dedup, embed, preprocess, quantize, synth
 
 app = typer.Typer(
     name="prism",
@@ -15,6 +15,8 @@ app = typer.Typer(
 app.command("preprocess")(preprocess.preprocess_cmd)
 app.command("embed")(embed.embed_cmd)
 app.command("collab")(collab.collab_cmd)
+app.command("quantize")(quantize.quantize_cmd)
+app.command("dedup")(dedup.dedup_cmd)
 app.command("synth")(synth.synth_cmd)
 
 if __name__ == "__main__":

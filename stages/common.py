@@ -10,8 +10,7 @@ from typing import Callable
 import typer
 
 from pipeline.config import Params, load_params
-from pipeline.data.amazon import DataError
-from pipeline.utils import setup_logging
+from pipeline.utils import DataError, setup_logging
 
 PARAMS_OPT = typer.Option(Path("params.yaml"), "--params", help="params file (DVC's params.yaml)")
 SET_OPT = typer.Option(None, "--set", "-S", help="override a param: KEY=VALUE (dotted keys), repeatable")

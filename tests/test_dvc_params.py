@@ -9,12 +9,15 @@ import yaml
 from typer.testing import CliRunner
 
 import stages.collab
+import stages.dedup
 import stages.embed
 import stages.preprocess
+import stages.quantize
 from conftest import ROOT
 from stages.cli import app
 
-STAGES = {"preprocess": stages.preprocess, "embed": stages.embed, "collab": stages.collab}
+STAGES = {"preprocess": stages.preprocess, "embed": stages.embed, "collab": stages.collab,
+          "quantize": stages.quantize, "dedup": stages.dedup}
 
 
 def leaves(d: dict, prefix: str = "") -> set[str]:
@@ -47,7 +50,8 @@ def pipeline_run(tmp_path_factory):
     for name, mod in STAGES.items():
         orig = mod.params
         mp.setattr(mod, "params", lambda path, ov, _o=orig, _n=name: captured.setdefault(_n, _o(path, ov)))
-    overrides = ["-S", "synthetic.size=tiny", "-S", "collab.max_epochs=4", "-S", "collab.eval_every=2"]
+    overrides = ["-S", "synthetic.size=tiny", "-S", "collab.max_epochs=4", "-S", "collab.eval_every=2",
+                 "-S", "quantize.epochs=3"]
     runner = CliRunner()
     results = {name: runner.invoke(app, [name, *overrides]) for name in STAGES}
     mp.undo()
@@ -68,14 +72,16 @@ def test_stage_outputs_and_summaries(pipeline_run):
     assert last["embed"].startswith("embed: ") and last["collab"].startswith("collab: lightgcn")
     for f in ["data/processed/items.parquet", "data/processed/train.parquet", "data/processed/tags.parquet",
               "metrics/stats.json", "data/features/content.npy", "data/features/tags_depth3.npy",
-              "models/collab/item_emb.npy", "metrics/collab.json", "plots/collab.csv"]:
+              "models/collab/item_emb.npy", "metrics/collab.json", "plots/collab.csv",
+              "models/quantizer/codes.npy", "models/quantizer/q.npy", "metrics/quantizer.json",
+              "data/sid/sid.parquet", "data/sid/trie.pt", "data/sid/q.npy", "metrics/dedup.json"]:
         assert (work / f).is_file(), f
     assert not list(work.rglob("*.tmp"))  # atomic writes leave no temp files
 
 
 def test_help_lists_every_stage():
     out = CliRunner().invoke(app, ["--help"]).output
-    for name in ["preprocess", "embed", "collab", "synth"]:
+    for name in ["preprocess", "embed", "collab", "quantize", "dedup", "synth"]:
         assert name in out
     assert "--set" in CliRunner().invoke(app, ["collab", "--help"]).output
 
@@ -86,3 +92,38 @@ def test_missing_raw_files_exit_with_message(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["preprocess", "-S", "dataset=toys", "-S", "download=false"])
     assert res.exit_code == 1
     assert "reviews_Toys_and_Games_5.json.gz" in res.output and "Traceback" not in res.output
+
+
+def project_imports(path, seen=None) -> set:
+    """Project source files (pipeline/, stages/) that `path` imports, transitively."""
+    import ast
+
+    seen = set() if seen is None else seen
+    tree = ast.parse(path.read_text())
+    pkg = path.relative_to(ROOT).parent.as_posix().replace("/", ".")
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        for name in names:
+            if not name.startswith(("pipeline", "stages")):
+                continue
+            f = ROOT / (name.replace(".", "/") + ".py")
+            if f.is_file() and f not in seen and f.name != "__init__.py":
+                seen.add(f)
+                project_imports(f, seen)
+    return seen
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_stage_deps_cover_the_code_it_runs(stage):
+    deps = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"])
+    code = {f.relative_to(ROOT).as_posix() for f in project_imports(ROOT / "stages" / f"{stage}.py")}
+    code.add(f"stages/{stage}.py")
+    assert code <= deps, f"dvc.yaml stage {stage} misses deps {sorted(code - deps)}"

@@ -26,7 +26,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from ..utils import atomic_path, log
+from ..utils import DataError, atomic_path, log
 
 # dataset key (params.yaml `dataset`) -> official category name used in the file names
 CATEGORIES = {
@@ -45,10 +45,6 @@ OFFICIAL_BASE_URL = "http://snap.stanford.edu/data/amazon/productGraph/categoryF
 # a download records the digest of what it fetched in `<file>.sha256` beside the file, and every
 # later run verifies the file against that record.
 KNOWN_SHA256: dict[str, str] = {}
-
-
-class DataError(Exception):
-    """Bad or missing input, with a message that names the file, the record and the fix."""
 
 
 def category_of(dataset: str) -> str:

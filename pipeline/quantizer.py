@@ -1,0 +1,283 @@
+"""Purified Semantic Quantizer (paper §3.3, Eq. 2-9) and the plain RQ-VAE / RQ-KMeans tokenizers.
+
+One module per idea:
+- `TrustGate` / `acd_loss`        Eq. 2-4  Adaptive Collaborative Denoising
+- `Encoder` (MLP)                 Eq. 5    z = Enc(e_cont || g ⊙ e_collab)
+- `ResidualQuantizer`             §3.3.3   L levels of EMA codebooks, straight-through estimator
+- `hsa_loss`                      Eq. 6-7  Hierarchical Semantic Anchoring
+- `reconstruction_loss`           Eq. 8    Dual-Head Reconstruction (or one head when dhr=False)
+- `PurifiedSemanticQuantizer.loss` Eq. 9   L_psq = L_dhr + β L_commit + λ1 L_acd + λ2 L_hsa
+
+Switches: `acd=False` removes the gate (g ≡ 1) and L_acd; `hsa=False` removes L_hsa;
+`dhr=False` replaces the two decoders by one decoder of the concatenated input; `use_collab=False`
+drops e_collab from the input. All off = the RQ-VAE of TIGER (tokenizer `rqvae`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class QuantizerConfig:
+    levels: int = 3
+    codebook_size: int = 256
+    d_cb: int = 32
+    hidden: tuple[int, ...] = (512, 256, 128)
+    dropout: float = 0.1
+    beta: float = 0.25
+    lambda1: float = 0.8
+    lambda2: float = 0.2
+    delta: float = 0.1
+    tau_hsa: float = 0.15
+    acd: bool = True
+    hsa: bool = True
+    dhr: bool = True
+    use_collab: bool = True
+    acd_variance: str = "item"  # item (Eq. 4: over each item's gate elements) | batch (official code)
+    dhr_target_sg: bool = True  # stop-gradient on the purified collab target of Eq. 8
+    hsa_grad: str = "codebook"  # where HSA's classification gradient goes: codebook | encoder
+    ema_decay: float = 0.99
+    restart_dead: bool = True  # restart codes unused during an epoch
+
+
+def mlp(dims: list[int], dropout: float, final_act: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2 or final_act:
+            layers += [nn.LayerNorm(b), nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+class TrustGate(nn.Module):
+    """Eq. 2: g = σ(φ_gate(e_collab)), an MLP with one non-linear hidden layer."""
+
+    def __init__(self, d_collab: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or d_collab
+        self.net = nn.Sequential(nn.Linear(d_collab, hidden), nn.ReLU(), nn.Linear(hidden, d_collab))
+
+    def forward(self, e_collab: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(e_collab))
+
+
+def acd_loss(g: torch.Tensor, popularity: torch.Tensor, delta: float, variance: str = "item") -> torch.Tensor:
+    """Eq. 4: (ḡ_v − p_v)² + ReLU(δ − Var(g_v)), averaged over the batch.
+
+    variance="item": Var over each item's gate elements (the paper); "batch": Var of each gate
+    element over the batch, averaged over elements (what the official code does).
+    """
+    align = (g.mean(dim=1) - popularity).pow(2)
+    if variance == "item":
+        spread = F.relu(delta - g.var(dim=1, unbiased=False))
+        return (align + spread).mean()
+    if variance == "batch":
+        return align.mean() + F.relu(delta - g.var(dim=0, unbiased=False).mean())
+    raise ValueError(f"acd_variance must be 'item' or 'batch', got '{variance}'")
+
+
+class ResidualQuantizer(nn.Module):
+    """L codebooks; level l quantizes the residual left by levels < l (nearest code, L2).
+
+    Codebooks are updated by exponential moving averages of their assigned residuals (§3.3.3,
+    van den Oord et al. 2017), initialised by k-means on the residuals of all items, and codes
+    that no item used during an epoch are restarted on residuals (`restart_dead`). They
+    are also nn.Parameters so that HSA's prototype term (Eq. 6-7) can move them by gradient.
+    """
+
+    def __init__(self, levels: int, size: int, dim: int, decay: float):
+        super().__init__()
+        self.levels, self.size, self.dim = levels, size, dim
+        self.decay = decay
+        self.codebooks = nn.Parameter(torch.zeros(levels, size, dim))
+        self.register_buffer("ema_count", torch.ones(levels, size))
+        self.register_buffer("ema_sum", torch.zeros(levels, size, dim))
+        self.register_buffer("usage", torch.zeros(levels, size))  # assignments since last restart
+
+    @torch.no_grad()
+    def init_kmeans(self, z: torch.Tensor, seed: int) -> None:
+        """k-means (scipy, k-means++) on each level's residuals of `z` (all items)."""
+        from scipy.cluster.vq import kmeans2
+
+        r = z.detach().cpu().double().numpy()
+        for l in range(self.levels):
+            k = min(self.size, len(r))
+            cent, _ = kmeans2(r, k, iter=25, minit="++", seed=seed + l)
+            if k < self.size:  # fewer items than codes: pad with jittered copies
+                extra = cent[np.random.default_rng(seed).integers(0, k, self.size - k)]
+                cent = np.concatenate([cent, extra + 1e-3 * np.random.default_rng(seed).standard_normal(extra.shape)])
+            c = torch.as_tensor(cent, dtype=self.codebooks.dtype, device=self.codebooks.device)
+            self.codebooks[l].copy_(c)
+            self.ema_sum[l].copy_(c)
+            idx = torch.cdist(torch.as_tensor(r, dtype=c.dtype, device=c.device), c).argmin(1)
+            r = r - cent[idx.cpu().numpy()]
+        self.ema_count.fill_(1.0)
+
+    def forward(self, z: torch.Tensor):
+        """Return z_q (straight-through), per-level codes (B, L) and per-level vectors q (B, L, d)."""
+        residual = z
+        codes, qs, residuals = [], [], []
+        for l in range(self.levels):
+            cb = self.codebooks[l].detach()
+            idx = torch.cdist(residual.detach(), cb).argmin(dim=1)
+            q = cb[idx]
+            residuals.append(residual)
+            codes.append(idx)
+            qs.append(q)
+            residual = residual - q
+        q_all = torch.stack(qs, dim=1)
+        z_q = q_all.sum(dim=1)
+        z_q_st = z + (z_q - z).detach()  # straight-through estimator (Bengio et al. 2013)
+        return z_q_st, torch.stack(codes, dim=1), q_all, torch.stack(residuals, dim=1)
+
+    @torch.no_grad()
+    def ema_update(self, codes: torch.Tensor, residuals: torch.Tensor) -> None:
+        d = self.decay
+        for l in range(self.levels):
+            onehot = F.one_hot(codes[:, l], self.size).to(residuals.dtype)
+            used = onehot.sum(0)
+            self.usage[l] += used
+            self.ema_count[l].mul_(d).add_(used, alpha=1 - d)
+            self.ema_sum[l].mul_(d).add_(onehot.T @ residuals[:, l], alpha=1 - d)
+            n = self.ema_count[l].sum()
+            count = (self.ema_count[l] + 1e-5) / (n + self.size * 1e-5) * n  # Laplace smoothing
+            self.codebooks.data[l] = self.ema_sum[l] / count[:, None]
+
+    @torch.no_grad()
+    def restart_dead(self, residuals: torch.Tensor, generator: torch.Generator) -> int:
+        """Move codes that no item used since the last call onto residuals of all items (N, L, d),
+        drawn with probability proportional to their quantization error (k-means++ style)."""
+        restarted = 0
+        for l in range(self.levels):
+            dead = self.usage[l] == 0
+            k = int(dead.sum())
+            if k == 0:
+                continue
+            err = torch.cdist(residuals[:, l], self.codebooks.data[l]).min(dim=1).values.pow(2).cpu().double()
+            pick = torch.multinomial(err + 1e-12, k, replacement=len(err) < k, generator=generator)
+            new = residuals[pick.to(residuals.device), l]
+            self.codebooks.data[l, dead] = new
+            self.ema_sum[l, dead] = new
+            self.ema_count[l, dead] = 1.0
+            restarted += k
+        self.usage.zero_()
+        return restarted
+
+    @torch.no_grad()
+    def sync_ema(self) -> None:
+        """After a gradient step moved the codebooks (HSA), re-base the EMA sums on them."""
+        self.ema_sum.copy_(self.codebooks.data * self.ema_count[..., None])
+
+
+def soft_prototype(anchor: torch.Tensor, codebook: torch.Tensor, tau: float) -> torch.Tensor:
+    """Eq. 6: p̃ = Σ_k α_k e_k, α = softmax_k(−‖p − e_k‖² / τ_hsa)."""
+    alpha = torch.softmax(-torch.cdist(anchor, codebook).pow(2) / tau, dim=-1)
+    return alpha @ codebook
+
+
+def hsa_loss(anchors: list[torch.Tensor], codebooks: torch.Tensor, q: torch.Tensor, tags: torch.Tensor,
+             classifiers: nn.ModuleList, tau: float) -> torch.Tensor:
+    """Eq. 7: Σ_l ‖p_l − p̃_l‖² + CE(φ_cls^(l)(q_1 ‖ … ‖ q_l), t_l), items without a depth-l tag masked.
+
+    anchors[l]: (B, d_cb) projected tag embeddings p_l of each item's depth-l tag (rows of items
+    with no tag are ignored); q: (B, L, d_cb) straight-through quantized vectors; tags: (B, L).
+    """
+    total = q.new_zeros(())
+    for l, cls in enumerate(classifiers):
+        mask = tags[:, l] >= 0
+        if not mask.any():
+            continue
+        p = anchors[l][mask]
+        align = (p - soft_prototype(p, codebooks[l], tau)).pow(2).sum(-1).mean()
+        h = q[mask, : l + 1].flatten(1)
+        total = total + align + F.cross_entropy(cls(h), tags[mask, l])
+    return total
+
+
+def reconstruction_loss(recon: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Eq. 8 (dhr=True): one squared-error term per head, each a mean over its own dimensions, so
+    the 64-d collaborative head weighs as much as the 384/768-d content head. With one head
+    (dhr=False) the single term is the mean over the concatenated dimensions."""
+    return {k: (recon[k] - targets[k]).pow(2).mean() for k in recon}
+
+
+class PurifiedSemanticQuantizer(nn.Module):
+    def __init__(self, cfg: QuantizerConfig, d_cont: int, d_collab: int, tag_dim: int, n_tags: list[int]):
+        super().__init__()
+        self.cfg = cfg
+        self.d_cont, self.d_collab = d_cont, (d_collab if cfg.use_collab else 0)
+        d_in = self.d_cont + self.d_collab
+        self.gate = TrustGate(d_collab) if (cfg.acd and cfg.use_collab) else None
+        self.encoder = mlp([d_in, *cfg.hidden, cfg.d_cb], cfg.dropout)
+        self.rq = ResidualQuantizer(cfg.levels, cfg.codebook_size, cfg.d_cb, cfg.ema_decay)
+        rev = [cfg.d_cb, *reversed(cfg.hidden)]
+        if cfg.dhr and cfg.use_collab:
+            self.decoders = nn.ModuleDict({"cont": mlp([*rev, d_cont], cfg.dropout),
+                                           "collab": mlp([*rev, d_collab], cfg.dropout)})
+        else:
+            self.decoders = nn.ModuleDict({"joint": mlp([*rev, d_in], cfg.dropout)})
+        if cfg.hsa:
+            self.anchor_proj = nn.ModuleList(nn.Linear(tag_dim, cfg.d_cb) for _ in range(cfg.levels))
+            self.classifiers = nn.ModuleList(nn.Linear((l + 1) * cfg.d_cb, max(n, 1)) for l, n in enumerate(n_tags))
+
+    def purify(self, e_collab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Eq. 3: ẽ_collab = g ⊙ e_collab (g ≡ 1 without ACD)."""
+        if self.gate is None:
+            return e_collab, None
+        g = self.gate(e_collab)
+        return g * e_collab, g
+
+    def encode(self, e_cont: torch.Tensor, e_collab: torch.Tensor):
+        """Eq. 5: z = Enc(e_cont ‖ ẽ_collab)."""
+        if not self.cfg.use_collab:
+            return self.encoder(e_cont), None, None
+        purified, g = self.purify(e_collab)
+        return self.encoder(torch.cat([e_cont, purified], dim=-1)), purified, g
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        z, purified, g = self.encode(batch["e_cont"], batch.get("e_collab"))
+        z_q, codes, q, residuals = self.rq(z)
+        return {"z": z, "z_q": z_q, "codes": codes, "q": q, "residuals": residuals, "purified": purified, "g": g}
+
+    def _collab_target(self, out: dict) -> torch.Tensor:
+        """ẽ_collab as a reconstruction target: stop-gradient by default, else the gate could
+        shrink the target to make it trivially easy to reconstruct (docs/design.md)."""
+        return out["purified"].detach() if self.cfg.dhr_target_sg else out["purified"]
+
+    def loss(self, batch: dict[str, torch.Tensor], out: dict, anchors_table: list[torch.Tensor] | None = None):
+        """Eq. 9: L_psq = L_dhr + β L_commit + λ1 L_acd + λ2 L_hsa. Returns (total, parts)."""
+        cfg = self.cfg
+        parts: dict[str, torch.Tensor] = {}
+        if "joint" in self.decoders:
+            target = batch["e_cont"] if not cfg.use_collab else torch.cat([batch["e_cont"], self._collab_target(out)], -1)
+            recon = reconstruction_loss({"joint": self.decoders["joint"](out["z_q"])}, {"joint": target})
+        else:
+            recon = reconstruction_loss(
+                {"cont": self.decoders["cont"](out["z_q"]), "collab": self.decoders["collab"](out["z_q"])},
+                {"cont": batch["e_cont"], "collab": self._collab_target(out)},
+            )
+        parts.update({f"rec_{k}": v for k, v in recon.items()})
+        total = sum(recon.values())
+        # L_commit = ‖z − sg[z_q]‖² (Eq. 9), mean over dimensions
+        parts["commit"] = (out["z"] - out["z_q"].detach()).pow(2).mean()
+        total = total + cfg.beta * parts["commit"]
+        if out["g"] is not None:
+            parts["acd"] = acd_loss(out["g"], batch["popularity"], cfg.delta, cfg.acd_variance)
+            total = total + cfg.lambda1 * parts["acd"]
+        if cfg.hsa:
+            tags = batch["tags"]
+            anchors = [self.anchor_proj[l](anchors_table[l][tags[:, l].clamp(min=0)]) for l in range(cfg.levels)]
+            if cfg.hsa_grad == "codebook":  # q_l as codebook entries: CE moves the codes (Eq. 7 reads q_l ∈ C_l)
+                q = torch.stack([self.rq.codebooks[l][out["codes"][:, l]] for l in range(cfg.levels)], dim=1)
+            else:  # "encoder": straight-through, CE moves the encoder's residuals
+                q = out["residuals"] + (out["q"] - out["residuals"]).detach()
+            parts["hsa"] = hsa_loss(anchors, self.rq.codebooks, q, tags, self.classifiers, cfg.tau_hsa)
+            total = total + cfg.lambda2 * parts["hsa"]
+        parts["total"] = total
+        return total, parts

@@ -1,0 +1,174 @@
+"""Stage `quantize`: train a tokenizer and give every item L codes, its latent z and vectors q_l.
+
+Tokenizers (`tokenizer` param): `prism` (Purified Semantic Quantizer, switches acd/hsa/dhr),
+`rqvae` (TIGER's RQ-VAE: content only, all PRISM terms off), `rqkmeans` (PCA to d_cb, then
+residual k-means; no training). Also the Table 3 figures: collision rates, perplexity, utilisation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .quantizer import PurifiedSemanticQuantizer, QuantizerConfig
+from .sid_metrics import sid_metrics
+from .utils import log
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 300
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 30  # epochs without a lower training loss (rel. 1e-4) before stopping
+
+
+@dataclass
+class TokenizerOutput:
+    codes: np.ndarray  # (N, L) int64, before dedup
+    z: np.ndarray  # (N, d_cb)
+    q: np.ndarray  # (N, L, d_cb) per-level quantized vectors
+    codebooks: np.ndarray  # (L, K, d_cb)
+    metrics: dict
+    history: list[dict]
+    model: PurifiedSemanticQuantizer | None = None
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def standardize(x: np.ndarray) -> np.ndarray:
+    """Center, and scale by one global std, so each modality enters at unit per-dimension scale."""
+    x = x - x.mean(axis=0, keepdims=True)
+    return (x / (x.std() + 1e-8)).astype(np.float32)
+
+
+def make_inputs(e_cont, e_collab, popularity, tags, tag_embs) -> dict[str, torch.Tensor]:
+    mu, sd = e_cont.mean(axis=0, keepdims=True), e_cont.std() + 1e-8
+    return {
+        "e_cont": torch.from_numpy(((e_cont - mu) / sd).astype(np.float32)),
+        "e_collab": torch.from_numpy(standardize(e_collab)),
+        "popularity": torch.from_numpy(popularity.astype(np.float32)),
+        "tags": torch.from_numpy(tags.astype(np.int64)),
+        "anchors": [torch.from_numpy(((t - mu) / sd).astype(np.float32)) for t in tag_embs],
+    }
+
+
+# ------------------------------------------------------------------------------ training
+
+
+@torch.no_grad()
+def encode_all(model: PurifiedSemanticQuantizer, data: dict, device: str, batch: int = 4096):
+    model.eval()
+    outs = {"codes": [], "z": [], "q": []}
+    n = len(data["e_cont"])
+    for s in range(0, n, batch):
+        b = {k: v[s:s + batch].to(device) for k, v in data.items() if k != "anchors"}
+        o = model(b)
+        for k in outs:
+            outs[k].append(o[k].cpu())
+    return {k: torch.cat(v).numpy() for k, v in outs.items()}
+
+
+def train_quantizer(data: dict, qcfg: QuantizerConfig, tcfg: TrainConfig, device: str, seed: int) -> TokenizerOutput:
+    n_tags = [int(t.shape[0]) for t in data["anchors"]]
+    model = PurifiedSemanticQuantizer(qcfg, data["e_cont"].shape[1], data["e_collab"].shape[1],
+                                      data["anchors"][0].shape[1], n_tags).to(device)
+    anchors = [a.to(device) for a in data["anchors"]]
+    full = {k: v.to(device) for k, v in data.items() if k != "anchors"}
+    # k-means initialisation of the codebooks on the initial encoder's latents of all items
+    with torch.no_grad():
+        model.eval()
+        z0 = model.encode(full["e_cont"], full["e_collab"])[0]
+    model.rq.init_kmeans(z0, seed)
+    cb = [model.rq.codebooks]
+    rest = [p for n_, p in model.named_parameters() if not n_.startswith("rq.")]
+    opt = torch.optim.AdamW([{"params": rest, "weight_decay": tcfg.weight_decay},
+                             {"params": cb, "weight_decay": 0.0}], lr=tcfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(full["e_cont"])
+    best, best_epoch, history = float("inf"), 0, []
+    t0 = time.time()
+    bar = tqdm(range(1, tcfg.epochs + 1), desc=f"quantize", leave=False)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        sums: dict[str, float] = {}
+        for s in range(0, n, tcfg.batch_size):
+            idx = perm[s:s + tcfg.batch_size]
+            batch = {k: v[idx] for k, v in full.items()}
+            out = model(batch)
+            loss, parts = model.loss(batch, out, anchors)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if qcfg.hsa:
+                model.rq.sync_ema()  # keep HSA's gradient step on the codebooks
+            model.rq.ema_update(out["codes"], out["residuals"].detach())
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+        row = {"epoch": epoch, **{k: v / n for k, v in sums.items()}}
+        if qcfg.restart_dead and epoch < tcfg.epochs:
+            with torch.no_grad():
+                model.eval()
+                res_all = model(full)["residuals"]
+            row["restarted"] = model.rq.restart_dead(res_all, gen)
+        history.append(row)
+        bar.set_postfix(loss=f"{row['total']:.4f}")
+        if row["total"] < best * (1 - 1e-4):
+            best, best_epoch = row["total"], epoch
+        elif epoch - best_epoch >= tcfg.patience:
+            break
+    wall = time.time() - t0
+    enc = encode_all(model, data, device)
+    metrics = sid_metrics(enc["codes"], qcfg.codebook_size)
+    # reconstruction errors per head on all items (eval mode), in standardized units
+    with torch.no_grad():
+        out = model({k: v for k, v in full.items()})
+        _, parts = model.loss(full, out, anchors)
+    metrics.update({f"recon_{k[4:]}": float(v) for k, v in parts.items() if k.startswith("rec_")})
+    metrics.update({"final_loss": float(parts["total"]), "epochs_run": len(history), "train_wall_s": round(wall, 1)})
+    if out["g"] is not None:
+        metrics["gate_mean"] = float(out["g"].mean())
+        metrics["gate_pop_corr"] = float(np.corrcoef(out["g"].mean(1).cpu().numpy(), full["popularity"].cpu().numpy())[0, 1])
+    return TokenizerOutput(enc["codes"], enc["z"], enc["q"], model.rq.codebooks.detach().cpu().numpy(),
+                           metrics, history, model)
+
+
+def rq_kmeans(x: np.ndarray, levels: int, size: int, d_cb: int, seed: int) -> TokenizerOutput:
+    """RQ-KMeans: PCA of the (standardized) input to d_cb dims, then k-means level by level on the residual."""
+    from scipy.cluster.vq import kmeans2
+
+    t0 = time.time()
+    x = standardize(x).astype(np.float64)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    z = x @ vt[:d_cb].T
+    r = z.copy()
+    codes, qs, books = [], [], []
+    for l in range(levels):
+        cent, lab = kmeans2(r, min(size, len(r)), iter=25, minit="++", seed=seed + l)
+        if len(cent) < size:
+            cent = np.concatenate([cent, np.zeros((size - len(cent), d_cb))])
+        codes.append(lab)
+        qs.append(cent[lab])
+        books.append(cent)
+        r = r - cent[lab]
+    codes = np.stack(codes, 1).astype(np.int64)
+    metrics = sid_metrics(codes, size)
+    metrics.update({"recon_latent": float((r ** 2).mean()), "epochs_run": 0, "train_wall_s": round(time.time() - t0, 1)})
+    return TokenizerOutput(codes, z.astype(np.float32), np.stack(qs, 1).astype(np.float32),
+                           np.stack(books).astype(np.float32), metrics, [])
+
+
+def tokenizer_config(name: str, base: QuantizerConfig) -> QuantizerConfig:
+    """`prism` keeps the switches as given; `rqvae` is TIGER's RQ-VAE (content only, all terms off)."""
+    if name == "prism":
+        return base
+    if name == "rqvae":
+        return replace(base, acd=False, hsa=False, dhr=False, use_collab=False)
+    raise ValueError(f"tokenizer must be 'prism', 'rqvae' or 'rqkmeans', got '{name}'")

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import typer
+
+from pipeline.quantizer import QuantizerConfig
+from pipeline.tokenizer import TrainConfig, make_inputs, rq_kmeans, tokenizer_config, train_quantizer
+from pipeline.utils import atomic_path, resolve_device, seed_everything, write_json, write_npy, write_torch
+
+from .common import PARAMS_OPT, SET_OPT, params, stage, summary
+
+
+def quantizer_config(p) -> QuantizerConfig:
+    q = "quantize"
+    return QuantizerConfig(
+        levels=p["levels"], codebook_size=p["codebook_size"], d_cb=p["d_cb"],
+        hidden=tuple(p[f"{q}.hidden"]), dropout=p[f"{q}.dropout"],
+        beta=p["beta"], lambda1=p["lambda1"], lambda2=p["lambda2"], delta=p["delta"], tau_hsa=p["tau_hsa"],
+        acd=p["acd"], hsa=p["hsa"], dhr=p["dhr"],
+        acd_variance=p[f"{q}.acd_variance"], dhr_target_sg=p[f"{q}.dhr_target_sg"], hsa_grad=p[f"{q}.hsa_grad"],
+        ema_decay=p[f"{q}.ema_decay"], restart_dead=p[f"{q}.restart_dead"],
+    )
+
+
+@stage
+def quantize_cmd(
+    params_file: Path = PARAMS_OPT,
+    set_: list[str] = SET_OPT,
+    data: Path = typer.Option(Path("data/processed"), help="preprocess output folder"),
+    features: Path = typer.Option(Path("data/features"), help="embed output folder"),
+    collab: Path = typer.Option(Path("models/collab"), help="collab output folder"),
+    out: Path = typer.Option(Path("models/quantizer"), help="output folder"),
+    metrics: Path = typer.Option(Path("metrics/quantizer.json"), help="Table 3 figures"),
+    curve: Path = typer.Option(Path("plots/quantizer.csv"), help="per-epoch loss terms"),
+):
+    """Train the tokenizer (PRISM quantizer, RQ-VAE or RQ-KMeans): codes, latents z, vectors q_l."""
+    p = params(params_file, set_)
+    qcfg = quantizer_config(p)
+    tcfg = TrainConfig(**{k: p[f"quantize.{k}"] for k in TrainConfig.__dataclass_fields__})
+    tokenizer, seed = p["tokenizer"], p["seed"]
+    device = resolve_device(p["device"])
+    seed_everything(seed)
+    items = pd.read_parquet(data / "items.parquet")
+    e_cont = np.load(features / "content.npy")
+    e_collab = np.load(collab / "item_emb.npy")
+    tags = items[[f"tag_{d}" for d in range(1, qcfg.levels + 1)]].to_numpy()
+    tag_embs = [np.load(features / f"tags_depth{d}.npy") for d in range(1, qcfg.levels + 1)]
+    t0 = time.time()
+    if tokenizer == "rqkmeans":
+        res = rq_kmeans(e_cont, qcfg.levels, qcfg.codebook_size, qcfg.d_cb, seed)
+    else:
+        cfg = tokenizer_config(tokenizer, qcfg)
+        data_t = make_inputs(e_cont, e_collab, items["popularity"].to_numpy(), tags, tag_embs)
+        res = train_quantizer(data_t, cfg, tcfg, device, seed)
+        write_torch(out / "model.pt", {"config": cfg.__dict__, "state_dict": res.model.state_dict()})
+    write_npy(out / "codes.npy", res.codes)
+    write_npy(out / "z.npy", res.z)
+    write_npy(out / "q.npy", res.q)
+    write_npy(out / "codebooks.npy", res.codebooks)
+    m = {"tokenizer": tokenizer, **res.metrics, "wall_s": round(time.time() - t0, 1), "device": device}
+    write_json(metrics, m)
+    fields = sorted({k for row in res.history for k in row}, key=lambda k: (k != "epoch", k))
+    with atomic_path(curve) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields or ["epoch"])
+        w.writeheader()
+        w.writerows(res.history)
+    ppl = "/".join(f"{m[f'perplexity_l{l}']:.0f}" for l in range(1, qcfg.levels + 1))
+    summary(f"quantize: {tokenizer}, {len(res.codes):,} items, collision layer-2 {m['collision_rate_l2']:.2%} "
+            f"final {m['collision_rate_final']:.2%}, perplexity {m['perplexity_mean']:.1f} "
+            f"({ppl}), "
+            f"{m['epochs_run']} epochs, {m['wall_s']}s on {device} -> {out}")

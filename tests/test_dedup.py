@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.dedup import DedupConfig, build_trie, dedup, reconstruction, sid_codes, sid_int, sinkhorn_sparse
+
+
+def constructed(seed=0, n=100, K=8):
+    rng = np.random.default_rng(seed)
+    cb = rng.standard_normal((3, K, 4)).astype(np.float32) * np.array([1, 0.5, 0.25], np.float32)[:, None, None]
+    codes = np.stack([rng.integers(0, 2, n), rng.integers(0, 3, n), rng.integers(0, K, n)], 1)
+    z = (reconstruction(codes, cb) + 0.01 * rng.standard_normal((n, 4))).astype(np.float32)
+    return codes, z, cb
+
+
+def test_unique_ids_and_only_colliders_move():
+    codes, z, cb = constructed()
+    new, rep = dedup(codes, z, cb, DedupConfig())
+    ids, new_ids = sid_int(codes, 8), sid_int(new, 8)
+    assert len(np.unique(new_ids)) == len(new) and rep["final_collision_rate"] == 0.0
+    moved = (new != codes).any(1)
+    _, inv, cnt = np.unique(ids, return_inverse=True, return_counts=True)
+    collided = cnt[inv.ravel()] > 1
+    assert not moved[~collided].any()  # unique items keep their ID
+    assert rep["moved"] == int(moved.sum()) == int(collided.sum() - len(np.unique(ids[collided])))
+    assert rep["moved_from_level_1"] == 0  # ~50 items per c1 fit in its 8*8 IDs: c1 never has to change
+    assert rep["moved_from_level_2"] > 0  # but 3*8 IDs under the used (c1, c2) prefixes do not suffice
+    assert sum(rep[f"moved_from_level_{l}"] for l in (1, 2, 3)) == rep["moved"]
+    # one keeper per collision group: the closest to the group's reconstruction
+    err = ((z - reconstruction(codes, cb)) ** 2).sum(1)
+    for g in np.unique(ids[collided]):
+        members = np.flatnonzero(ids == g)
+        assert not moved[members[err[members].argmin()]]
+
+
+def test_last_level_first_and_cheap_moves():
+    # two items on one ID, plenty of free last-level codes: the mover changes only c3, to its nearest free code
+    cb = np.zeros((3, 4, 2), np.float32)
+    cb[2] = [[0, 0], [1, 0], [0, 1], [5, 5]]
+    codes = np.array([[0, 0, 0], [0, 0, 0]])
+    z = np.array([[0.0, 0.0], [0.2, 0.9]], np.float32)
+    new, rep = dedup(codes, z, cb, DedupConfig())
+    assert new.tolist() == [[0, 0, 0], [0, 0, 2]]
+    assert rep["moved_from_level_3"] == 1 and rep["moved"] == 1
+
+
+def test_too_many_items_is_an_error():
+    with pytest.raises(ValueError, match="cannot have unique IDs"):
+        dedup(np.zeros((9, 3), int), np.zeros((9, 2), np.float32), np.zeros((3, 2, 2), np.float32), DedupConfig())
+
+
+def test_sinkhorn_marginals():
+    rng = np.random.default_rng(0)
+    rows = np.repeat(np.arange(5), 4)
+    cols = rng.integers(0, 12, 20)
+    keep = np.unique(rows * 100 + cols, return_index=True)[1]
+    rows, cols = rows[keep], cols[keep]
+    mass = sinkhorn_sparse(rows, cols, rng.random(len(rows)), 5, 12, reg=0.1, iters=500)
+    assert np.allclose(np.bincount(rows, mass, 5), 1, atol=1e-6)
+    assert (np.bincount(cols, mass, 12) <= 1 + 1e-3).all()  # capacity one per free ID
+
+
+def test_trie_csr():
+    codes = np.array([[0, 1, 2], [0, 1, 3], [1, 0, 0]])
+    t = build_trie(codes, 4)
+    assert t["children_1"].tolist() == [0, 1]
+    # level 3: prefixes (0,1) -> 4 and (1,0) -> 4
+    assert t["prefix_3"].tolist() == [1, 4]
+    assert t["children_3"].tolist() == [2, 3, 0] and t["indptr_3"].tolist() == [0, 2, 3]
+    assert t["item_of_sid"].tolist() == [0, 1, 2] and t["sid"].tolist() == sid_int(codes, 4).tolist()
+    assert (sid_codes(t["sid"].numpy(), 4, 3) == codes).all()
