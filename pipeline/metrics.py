@@ -24,3 +24,30 @@ def recall_ndcg(ranks: np.ndarray, ks=(5, 10, 20)) -> dict[str, float]:
         gains = np.where(inside, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
         out[f"ndcg@{k}"] = float(gains.mean()) if len(ranks) else 0.0
     return out
+
+
+GROUPS = ("popular", "medium", "long_tail")
+
+
+def popularity_groups(train_counts: np.ndarray, n_groups: int = 3) -> np.ndarray:
+    """Group of every item (paper §4.3): items sorted by train frequency (most first, ties by index)
+    and cut into `n_groups` groups of equal item counts: 0 = Popular, 1 = Medium, 2 = Long-tail."""
+    order = np.lexsort((np.arange(len(train_counts)), -np.asarray(train_counts)))
+    group = np.empty(len(train_counts), dtype=np.int64)
+    for g, part in enumerate(np.array_split(order, n_groups)):
+        group[part] = g
+    return group
+
+
+def group_metrics(ranks: np.ndarray, targets: np.ndarray, item_group: np.ndarray, ks=(10, 20)) -> list[dict]:
+    """Recall/NDCG per popularity group of the target item, with the number of test interactions n."""
+    out = []
+    for g, name in enumerate(GROUPS):
+        m = item_group[targets] == g
+        out.append({"group": name, "n": int(m.sum()), **recall_ndcg(ranks[m], ks)})
+    return out
+
+
+def popularity_topk(train_counts: np.ndarray, k: int) -> np.ndarray:
+    """The popularity baseline: the k most frequent train items (ties by index), same for everyone."""
+    return np.lexsort((np.arange(len(train_counts)), -np.asarray(train_counts)))[:k]

@@ -2,7 +2,7 @@
 
 import typer
 
-from . import collab, dedup, embed, preprocess, quantize, synth
+from . import collab, dedup, embed, evaluate, preprocess, quantize, synth, train
 
 app = typer.Typer(
     name="prism",
@@ -17,6 +17,8 @@ app.command("embed")(embed.embed_cmd)
 app.command("collab")(collab.collab_cmd)
 app.command("quantize")(quantize.quantize_cmd)
 app.command("dedup")(dedup.dedup_cmd)
+app.command("train")(train.train_cmd)
+app.command("evaluate")(evaluate.evaluate_cmd)
 app.command("synth")(synth.synth_cmd)
 
 if __name__ == "__main__":

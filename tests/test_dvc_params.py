@@ -11,13 +11,15 @@ from typer.testing import CliRunner
 import stages.collab
 import stages.dedup
 import stages.embed
+import stages.evaluate
 import stages.preprocess
 import stages.quantize
+import stages.train
 from conftest import ROOT
 from stages.cli import app
 
 STAGES = {"preprocess": stages.preprocess, "embed": stages.embed, "collab": stages.collab,
-          "quantize": stages.quantize, "dedup": stages.dedup}
+          "quantize": stages.quantize, "dedup": stages.dedup, "train": stages.train, "evaluate": stages.evaluate}
 
 
 def leaves(d: dict, prefix: str = "") -> set[str]:
@@ -51,7 +53,8 @@ def pipeline_run(tmp_path_factory):
         orig = mod.params
         mp.setattr(mod, "params", lambda path, ov, _o=orig, _n=name: captured.setdefault(_n, _o(path, ov)))
     overrides = ["-S", "synthetic.size=tiny", "-S", "collab.max_epochs=4", "-S", "collab.eval_every=2",
-                 "-S", "quantize.epochs=3"]
+                 "-S", "quantize.epochs=3", "-S", "recommender.max_epochs=1", "-S", "recommender.valid_users=50",
+                 "-S", "evaluate.latency_users=2"]
     runner = CliRunner()
     results = {name: runner.invoke(app, [name, *overrides]) for name in STAGES}
     mp.undo()
@@ -70,18 +73,30 @@ def test_stage_outputs_and_summaries(pipeline_run):
     last = {name: r.stdout.strip().splitlines()[-1] for name, r in results.items()}
     assert last["preprocess"].startswith("preprocess: synthetic: ")
     assert last["embed"].startswith("embed: ") and last["collab"].startswith("collab: lightgcn")
+    assert last["train"].startswith("train: ") and last["evaluate"].startswith("evaluate: test R@10")
+    import pandas as pd, json
+    pred = pd.read_parquet(work / "data/predictions.parquet")
+    ev = json.loads((work / "metrics/eval.json").read_text())
+    assert set(pred["split"]) == {"valid", "test"} and pred["topk"].map(len).max() == 20
+    test = pred[pred["split"] == "test"]
+    # the predictions file alone recomputes the reported metrics
+    hit = [t in list(k[:10]) for t, k in zip(test["target"], test["topk"])]
+    assert abs(sum(hit) / len(test) - ev["test"]["recall@10"]) < 1e-12
+    assert sum(g["n"] for g in ev["test_groups"]) == len(test)
     for f in ["data/processed/items.parquet", "data/processed/train.parquet", "data/processed/tags.parquet",
               "metrics/stats.json", "data/features/content.npy", "data/features/tags_depth3.npy",
               "models/collab/item_emb.npy", "metrics/collab.json", "plots/collab.csv",
               "models/quantizer/codes.npy", "models/quantizer/q.npy", "metrics/quantizer.json",
-              "data/sid/sid.parquet", "data/sid/trie.pt", "data/sid/q.npy", "metrics/dedup.json"]:
+              "data/sid/sid.parquet", "data/sid/trie.pt", "data/sid/q.npy", "metrics/dedup.json",
+              "models/recommender/model.pt", "models/checkpoints/last.pt", "metrics/train.json", "plots/train.csv",
+              "data/predictions.parquet", "metrics/eval.json", "plots/popularity_groups.csv"]:
         assert (work / f).is_file(), f
     assert not list(work.rglob("*.tmp"))  # atomic writes leave no temp files
 
 
 def test_help_lists_every_stage():
     out = CliRunner().invoke(app, ["--help"]).output
-    for name in ["preprocess", "embed", "collab", "quantize", "dedup", "synth"]:
+    for name in ["preprocess", "embed", "collab", "quantize", "dedup", "train", "evaluate", "synth"]:
         assert name in out
     assert "--set" in CliRunner().invoke(app, ["collab", "--help"]).output
 

@@ -1,0 +1,101 @@
+"""Training throughput (samples/s) and decode throughput (users/s, ms/user at batch 1) of the
+recommender on a prepared dataset, on CPU and, when present, CUDA. Prints one line per figure.
+
+Usage: python bench/recommender_throughput.py [DATA_ROOT] [--steps N] [--users N] [-S KEY=VALUE ...]
+DATA_ROOT holds processed/, features/, collab/item_emb.npy and sid/ (default: the repo's own
+data/ and models/ after `dvc repro`). Params come from params.yaml plus the -S overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.assets import build_model, load_assets, model_config  # noqa: E402
+from pipeline.beam import TrieIndex, beam_search  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
+from pipeline.seqdata import SeqData, epoch_batches  # noqa: E402
+from pipeline.train_rec import autocast, rank  # noqa: E402
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench(device: str, a, p, steps: int, users: int, amp: str) -> None:
+    torch.manual_seed(0)
+    cfg = model_config(p, a)
+    model = build_model(cfg, a).to(device)
+    train = SeqData.from_train(a.train, cfg.max_len)
+    batches = epoch_batches(len(train), p["recommender.batch_size"], np.random.default_rng(0), train.lengths, True)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+    model.train()
+    n = 0
+    for i, idx in enumerate(batches[: steps + 3]):
+        if i == 3:
+            sync(device)
+            t0, n = time.perf_counter(), 0
+        b = train.batch(idx, cfg.time_buckets, device)
+        with autocast(device, amp):
+            loss, _ = model.loss(b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n += len(idx)
+    sync(device)
+    sps = n / (time.perf_counter() - t0)
+    epoch_min = len(train) / sps / 60
+    print(f"{device} amp={amp} threads={torch.get_num_threads()}: train {sps:,.0f} samples/s "
+          f"({len(train):,} samples/epoch -> {epoch_min:.1f} min/epoch), {model.n_params():,} params")
+    test = SeqData.from_heldout(a.test, cfg.max_len)
+    trie = TrieIndex(a.trie, device)
+    beam = p["evaluate.beam_size"]
+    idx = np.arange(min(users, len(test)))
+    rank(model, test, idx[:64], trie, beam, 20, p["evaluate.batch_size"], device, amp)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    rank(model, test, idx, trie, beam, 20, p["evaluate.batch_size"], device, amp)
+    sync(device)
+    ups = len(idx) / (time.perf_counter() - t0)
+    model.eval()
+    times = []
+    for i in idx[:50]:
+        b = test.batch(np.array([i]), cfg.time_buckets, device)
+        sync(device)
+        t1 = time.perf_counter()
+        with autocast(device, amp), torch.no_grad():
+            beam_search(model, b, trie, beam, 20)
+        sync(device)
+        times.append(time.perf_counter() - t1)
+    print(f"{device} amp={amp}: decode beam {beam}: {ups:,.0f} users/s batched (batch {p['evaluate.batch_size']}), "
+          f"{1000 * np.mean(times[5:]):.1f} ms/user at batch 1")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("root", nargs="?", default=None)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--users", type=int, default=1024)
+    ap.add_argument("--amp", default="auto")
+    ap.add_argument("-S", "--set", action="append", default=[])
+    args = ap.parse_args()
+    p = load_params("params.yaml", args.set)
+    if args.root:
+        r = Path(args.root)
+        a = load_assets(r / "processed", r / "features", r / "collab", r / "sid")
+    else:
+        a = load_assets(Path("data/processed"), Path("data/features"), Path("models/collab"), Path("data/sid"))
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devices:
+        bench(dev, a, p, args.steps, args.users, args.amp)
+
+
+if __name__ == "__main__":
+    main()

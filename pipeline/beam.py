@@ -1,0 +1,99 @@
+"""Trie-constrained beam search over valid semantic IDs (paper §3.4.3, §4.1).
+
+Batched over users and beams as tensor operations: at each depth the valid next tokens of every
+beam come from the CSR prefix trie of `dedup` (no per-beam Python callbacks), logits are scaled by
+the ATS temperature of the beam's branching factor (Eq. 16) when ATS is on, and log-softmax is taken
+over the valid children only. The final beams are distinct full IDs, i.e. distinct items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class TrieIndex:
+    """Device tensors of the `dedup` trie: per level the sorted prefix ids, indptr and children."""
+
+    def __init__(self, trie: dict, device: str = "cpu"):
+        self.K, self.L = int(trie["K"]), int(trie["L"])
+        self.prefix = [trie[f"prefix_{l}"].to(device) for l in range(1, self.L + 1)]
+        self.indptr = [trie[f"indptr_{l}"].to(device) for l in range(1, self.L + 1)]
+        self.children = [trie[f"children_{l}"].to(device) for l in range(1, self.L + 1)]
+        self.sid = trie["sid"].to(device)
+        self.item_of_sid = trie["item_of_sid"].to(device)
+
+    def valid_next(self, level: int, prefix_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask (M, K) of the valid level-`level` (0-based) tokens after each prefix id (M,), and
+        the branching factors N_l (M,). Unknown prefixes get an empty row and N_l = 0."""
+        pref, indptr, children = self.prefix[level], self.indptr[level], self.children[level]
+        r = torch.searchsorted(pref, prefix_id).clamp(max=len(pref) - 1)
+        known = pref[r] == prefix_id
+        lo, hi = indptr[r], indptr[r + 1]
+        counts = torch.where(known, hi - lo, torch.zeros_like(lo))
+        M = len(prefix_id)
+        rows = torch.repeat_interleave(torch.arange(M, device=prefix_id.device), counts)
+        offs = torch.arange(len(rows), device=prefix_id.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        cols = children[torch.repeat_interleave(lo, counts) + offs]
+        mask = torch.zeros(M, self.K, dtype=torch.bool, device=prefix_id.device)
+        mask[rows, cols] = True
+        return mask, counts
+
+    def items_of(self, sid: torch.Tensor) -> torch.Tensor:
+        pos = torch.searchsorted(self.sid, sid).clamp(max=len(self.sid) - 1)
+        return torch.where(self.sid[pos] == sid, self.item_of_sid[pos], torch.full_like(sid, -1))
+
+
+def constrained_logp(model, o: torch.Tensor, level: int, prefix_id: torch.Tensor, trie: TrieIndex) -> torch.Tensor:
+    """log p(token | prefix) over the valid children only, with τ_gen(N_l) (Eq. 16-17 at inference)."""
+    logits = model.logits(o, level).float()
+    mask, n_children = trie.valid_next(level, prefix_id)
+    tau = model.temperature(n_children)
+    scaled = (logits / tau[:, None]).masked_fill(~mask, float("-inf"))
+    logp = torch.log_softmax(scaled, dim=-1)
+    return torch.where(mask, logp, torch.full_like(logp, float("-inf")))  # empty rows: -inf, not NaN
+
+
+@torch.no_grad()
+def beam_search(model, batch: dict[str, torch.Tensor], trie: TrieIndex, beam: int, topk: int):
+    """Top-`topk` items per user (B, topk) by beam search of width `beam`, and their log-probs.
+    Missing entries (fewer valid items than topk) are −1 / −inf."""
+    memory, mem_pad = model.encode(batch["hist"], batch["pad"], batch["dt"])
+    B, dev = len(memory), memory.device
+    K, L = trie.K, trie.L
+    codes = torch.zeros(B, 1, 0, dtype=torch.long, device=dev)  # (B, nb, l)
+    prefix_id = torch.zeros(B, 1, dtype=torch.long, device=dev)
+    scores = torch.zeros(B, 1, device=dev)
+    for level in range(L):
+        nb = codes.shape[1]
+        o = model.decode(codes.reshape(B * nb, level), memory, mem_pad)[:, -1]
+        logp = constrained_logp(model, o, level, prefix_id.reshape(-1), trie).view(B, nb, K)
+        cand = (scores[..., None] + logp).view(B, nb * K)
+        k = min(beam, nb * K)
+        top = cand.topk(k, dim=1)
+        parent, tok = top.indices // K, top.indices % K
+        codes = torch.cat([torch.gather(codes, 1, parent[..., None].expand(-1, -1, level)), tok[..., None]], 2)
+        prefix_id = torch.gather(prefix_id, 1, parent) * K + tok
+        scores = top.values
+    items = trie.items_of(prefix_id)
+    items = torch.where(torch.isfinite(scores), items, torch.full_like(items, -1))
+    return items[:, :topk], scores[:, :topk]
+
+
+@torch.no_grad()
+def score_all_items(model, batch: dict[str, torch.Tensor], trie: TrieIndex, item_codes: torch.Tensor) -> torch.Tensor:
+    """Exhaustive log p(item | history) for every item (B, N), by teacher forcing each item's ID
+    with the same constrained normalisation as the beam search (for tests and small catalogues)."""
+    from .dedup import sid_int
+
+    memory, mem_pad = model.encode(batch["hist"], batch["pad"], batch["dt"])
+    B, N, L = len(memory), len(item_codes), trie.L
+    K = trie.K
+    o = model.decode(item_codes[:, :-1].repeat(B, 1), memory, mem_pad)  # (B·N, L, d)
+    total = torch.zeros(B * N, device=memory.device)
+    codes_np = item_codes.cpu().numpy()
+    for level in range(L):
+        pid = torch.from_numpy(sid_int(codes_np[:, :level], K) if level else np.zeros(N, np.int64)).to(memory.device)
+        lp = constrained_logp(model, o[:, level], level, pid.repeat(B), trie)
+        total = total + lp.gather(1, item_codes[:, level].repeat(B)[:, None]).squeeze(1)
+    return total.view(B, N)

@@ -1,0 +1,379 @@
+"""Integrated Semantic Recommender (paper §3.4, Eq. 1 and 10-18): one model file.
+
+An encoder-decoder Transformer in the TIGER/PRISM shape (4 + 4 layers, d_model 128, FFN 1024, 6
+heads of 64, T5 style) that reads the semantic IDs of a user's history and generates the L tokens
+of the next item (Eq. 1).
+
+One home per equation:
+- `InputEmbedding`        Eq. 10   E_tok[c] + P_seq[i] + P_hier[l] + P_time[Δt_i]
+- `DynamicSemanticIntegration`     Eq. 11-14 (depth projections, noisy top-K MoE, η residual)
+- `NoisyTopKMoE`          Eq. 12-13
+- `ssa_loss`              Eq. 15   Semantic Structure Alignment
+- `ats_temperature`       Eq. 16   Adaptive Temperature Scaling
+- `generation_loss`       Eq. 17
+- `PrismRecommender.loss` Eq. 18   L_isr = L_gen + γ L_ssa
+
+Switches (`RecConfig`): `dsi`, `ssa`, `ats`, `dt` each remove exactly their term; all off with the
+plain RQ-VAE tokenizer is TIGER.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class RecConfig:
+    levels: int = 3
+    codebook_size: int = 256
+    n_items: int = 0
+    d_model: int = 128
+    d_ff: int = 1024
+    n_heads: int = 6
+    d_head: int = 64  # T5 style: inner attention dim n_heads * d_head = 384
+    enc_layers: int = 4
+    dec_layers: int = 4
+    dropout: float = 0.1
+    max_len: int = 20  # history items
+    # Eq. 10: time-interval embedding (`dt` switch); log2-day buckets of each item's age
+    dt: bool = True
+    time_buckets: int = 16
+    # DSI (Eq. 11-14)
+    dsi: bool = True
+    d_cont: int = 0
+    d_collab: int = 0
+    d_cb: int = 32
+    d_cont_proj: int = 256
+    d_collab_proj: int = 64
+    d_moe: int = 256
+    n_experts: int = 3
+    top_k: int = 2
+    eta_init: float = -2.0  # η = sigmoid(a), a starts here (official code)
+    # SSA (Eq. 15)
+    ssa: bool = True
+    gamma: float = 5e-4
+    n_tags: tuple[int, ...] = ()
+    # ATS (Eq. 16-17)
+    ats: bool = True
+    tau_min: float = 0.5
+    tau_max: float = 1.0
+    alpha: float = 0.5
+    n_ref: float = 0.0  # 0 -> sqrt(|I|) / 2 (paper §4.1)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["n_tags"] = list(self.n_tags)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RecConfig":
+        d = dict(d)
+        d["n_tags"] = tuple(d.get("n_tags", ()))
+        return cls(**d)
+
+    @property
+    def n_ref_value(self) -> float:
+        return self.n_ref if self.n_ref > 0 else math.sqrt(max(self.n_items, 1)) / 2
+
+
+# --------------------------------------------------------------------------- Eq. 16: ATS
+
+
+def ats_temperature(n_children: torch.Tensor, tau_min: float, tau_max: float, alpha: float,
+                    n_ref: float) -> torch.Tensor:
+    """Eq. 16: τ_gen(N_l) = τ_min + (τ_max − τ_min) · exp(−α N_l / N_ref)."""
+    return tau_min + (tau_max - tau_min) * torch.exp(-alpha * n_children.float() / n_ref)
+
+
+# ------------------------------------------------------------------------- Transformer
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: RecConfig, cross: bool = False):
+        super().__init__()
+        inner = cfg.n_heads * cfg.d_head
+        self.h, self.dh = cfg.n_heads, cfg.d_head
+        self.q = nn.Linear(cfg.d_model, inner, bias=False)
+        self.kv = nn.Linear(cfg.d_model, 2 * inner, bias=False)
+        self.o = nn.Linear(inner, cfg.d_model, bias=False)
+        self.drop = cfg.dropout
+
+    def forward(self, x, ctx, key_pad: torch.Tensor | None = None, causal: bool = False):
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.h, self.dh).transpose(1, 2)
+        k, v = self.kv(ctx).view(B, ctx.shape[1], 2, self.h, self.dh).permute(2, 0, 3, 1, 4)
+        mask = None
+        if key_pad is not None:  # True = padding -> not attended
+            mask = ~key_pad[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                           dropout_p=self.drop if self.training else 0.0)
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block; `cross=True` adds cross-attention (decoder)."""
+
+    def __init__(self, cfg: RecConfig, cross: bool = False):
+        super().__init__()
+        self.n1, self.att = nn.LayerNorm(cfg.d_model), Attention(cfg)
+        self.cross = Attention(cfg) if cross else None
+        self.n2 = nn.LayerNorm(cfg.d_model) if cross else None
+        self.n3 = nn.LayerNorm(cfg.d_model)
+        self.ff = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                nn.Linear(cfg.d_ff, cfg.d_model))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, pad=None, memory=None, mem_pad=None, causal=False):
+        h = self.n1(x)
+        x = x + self.drop(self.att(h, h, pad, causal))
+        if self.cross is not None:
+            # beams of one user share its memory: fold them into the query length (exact for
+            # cross-attention, and the memory's keys/values are computed once per user)
+            B, nb, t = len(memory), len(x) // len(memory), x.shape[1]
+            y = self.cross(self.n2(x).reshape(B, nb * t, -1), memory, mem_pad)
+            x = x + self.drop(y.reshape(B * nb, t, -1))
+        return x + self.drop(self.ff(self.n3(x)))
+
+
+# ------------------------------------------------------------------- Eq. 10-14: inputs
+
+
+class NoisyTopKMoE(nn.Module):
+    """Eq. 12-13: G(x) = W_g x + ε (ε ~ N(0, 1) while training), softmax over the top-K logits,
+    h = Σ_{i∈K} softmax_i · E_i(x). Experts: Linear(d_in, d_moe) → GELU → Linear(d_moe, d_moe).
+    All N experts are evaluated densely (N = 3 is small) and masked by the routing weights."""
+
+    def __init__(self, d_in: int, d_moe: int, n_experts: int, top_k: int, dropout: float):
+        super().__init__()
+        self.top_k = top_k
+        self.gate = nn.Linear(d_in, n_experts, bias=False)
+        self.w1 = nn.Parameter(torch.empty(n_experts, d_in, d_moe))
+        self.b1 = nn.Parameter(torch.zeros(n_experts, d_moe))
+        self.w2 = nn.Parameter(torch.empty(n_experts, d_moe, d_moe))
+        self.b2 = nn.Parameter(torch.zeros(n_experts, d_moe))
+        nn.init.normal_(self.w1, std=d_in ** -0.5)
+        nn.init.normal_(self.w2, std=d_moe ** -0.5)
+        self.drop = nn.Dropout(dropout)
+
+    def routing(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.gate(x)
+        if self.training:
+            logits = logits + torch.randn_like(logits)  # Eq. 12
+        top = logits.topk(self.top_k, dim=-1)
+        w = torch.softmax(top.values, dim=-1)  # Eq. 13: normalised over the selected experts
+        return torch.zeros_like(logits).scatter(-1, top.indices, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.routing(x)  # (..., N)
+        h = F.gelu(torch.einsum("...d,ndm->...nm", x, self.w1) + self.b1)
+        h = torch.einsum("...nm,nmk->...nk", self.drop(h), self.w2) + self.b2
+        return (w[..., None] * h).sum(-2)
+
+
+class DynamicSemanticIntegration(nn.Module):
+    """Eq. 11-14: x_l = ẽ_id ‖ φ_cont^(l)(e_cont) ‖ φ_col^(l)(e_collab) ‖ q_l → MoE → φ_out,
+    e_fused = ẽ_id + η · φ_out(h_moe), η = sigmoid(a) learnable."""
+
+    def __init__(self, cfg: RecConfig):
+        super().__init__()
+        L = cfg.levels
+        self.cont = nn.ModuleList(nn.Sequential(nn.Linear(cfg.d_cont, cfg.d_cont_proj), nn.LayerNorm(cfg.d_cont_proj))
+                                  for _ in range(L))
+        self.col = nn.ModuleList(nn.Sequential(nn.Linear(cfg.d_collab, cfg.d_collab_proj), nn.LayerNorm(cfg.d_collab_proj))
+                                 for _ in range(L))
+        d_x = cfg.d_model + cfg.d_cont_proj + cfg.d_collab_proj + cfg.d_cb
+        self.moe = NoisyTopKMoE(d_x, cfg.d_moe, cfg.n_experts, cfg.top_k, cfg.dropout)
+        self.out = nn.Linear(cfg.d_moe, cfg.d_model)
+        self.eta_logit = nn.Parameter(torch.tensor(float(cfg.eta_init)))
+
+    @property
+    def eta(self) -> torch.Tensor:
+        return torch.sigmoid(self.eta_logit)
+
+    def forward(self, e_id, e_cont, e_collab, q):
+        """e_id: (B, H, L, d_model); e_cont: (B, H, d_cont); e_collab: (B, H, d_collab); q: (B, H, L, d_cb)."""
+        cont = torch.stack([p(e_cont) for p in self.cont], dim=2)  # depth-specific projections (Eq. 11)
+        col = torch.stack([p(e_collab) for p in self.col], dim=2)
+        x = torch.cat([e_id, cont.to(e_id.dtype), col.to(e_id.dtype), q.to(e_id.dtype)], dim=-1)
+        return e_id + self.eta * self.out(self.moe(x))  # Eq. 14
+
+
+class InputEmbedding(nn.Module):
+    """Eq. 10: ẽ_id = E_tok[c^l] + P_seq[i] + P_hier[l] + P_time[Δt_i].
+
+    Token ids are level-offset (l·K + c), so each level has its own vocabulary; ids L·K and L·K+1
+    are PAD and BOS. P_seq[i] counts from the most recent history item (i = 0)."""
+
+    def __init__(self, cfg: RecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.levels * cfg.codebook_size + 2, cfg.d_model)
+        self.seq = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.hier = nn.Embedding(cfg.levels, cfg.d_model)
+        self.time = nn.Embedding(cfg.time_buckets, cfg.d_model) if cfg.dt else None
+
+    def forward(self, codes, pos, dt_bucket):
+        """codes: (B, H, L) level codes; pos: (B, H) recency positions; dt_bucket: (B, H)."""
+        L, K = self.cfg.levels, self.cfg.codebook_size
+        tok = codes + torch.arange(L, device=codes.device) * K
+        e = self.tok(tok) + self.hier.weight + self.seq(pos)[:, :, None]
+        if self.time is not None:
+            e = e + self.time(dt_bucket)[:, :, None]
+        return e
+
+
+# ------------------------------------------------------------------------ losses
+
+
+def generation_loss(logits: torch.Tensor, target: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """Eq. 17: −Σ_l log softmax(w_j·o_l / τ_gen(N_l)) over the full level-l vocabulary.
+    logits (B, L, K), target (B, L), tau (B, L). Mean over the batch, sum over levels."""
+    scaled = logits.float() / tau[..., None]
+    return F.cross_entropy(scaled.flatten(0, 1), target.flatten(), reduction="sum") / len(target)
+
+
+def ssa_loss(o: torch.Tensor, q_tgt: torch.Tensor, tags: torch.Tensor, reg: nn.ModuleList,
+             cls: nn.ModuleList) -> torch.Tensor:
+    """Eq. 15: Σ_l ‖φ_reg^(l)(o_l) − q_l^tgt‖² + CE(φ_cls^(l)(o_l), t_l^tgt); tags −1 (missing) masked.
+    o (B, L, d), q_tgt (B, L, d_cb), tags (B, L). Mean over the batch."""
+    B = len(o)
+    total = o.new_zeros((), dtype=torch.float32)
+    for l in range(o.shape[1]):
+        total = total + (reg[l](o[:, l]).float() - q_tgt[:, l]).pow(2).sum(-1).mean()
+        m = tags[:, l] >= 0
+        if m.any():
+            total = total + F.cross_entropy(cls[l](o[m, l]).float(), tags[m, l], reduction="sum") / B
+    return total
+
+
+# ------------------------------------------------------------------------- the model
+
+
+class PrismRecommender(nn.Module):
+    def __init__(self, cfg: RecConfig, item_codes: torch.Tensor, item_q: torch.Tensor | None = None,
+                 e_cont: torch.Tensor | None = None, e_collab: torch.Tensor | None = None,
+                 item_tags: torch.Tensor | None = None, n_children: torch.Tensor | None = None):
+        """item_codes (N, L) final semantic IDs; item_q (N, L, d_cb) their codebook vectors;
+        e_cont/e_collab item features (DSI); item_tags (N, L) (SSA); n_children (N, L): the trie
+        branching factor N_l of each item's prefix c_<l (ATS). Item tables are fixed buffers."""
+        super().__init__()
+        self.cfg = cfg
+        L, K = cfg.levels, cfg.codebook_size
+        self.register_buffer("item_codes", item_codes.long(), persistent=False)
+        N = len(item_codes)
+        zeros = lambda *s: torch.zeros(*s)  # noqa: E731
+        self.register_buffer("item_q", (item_q if item_q is not None else zeros(N, L, cfg.d_cb)).float(), persistent=False)
+        self.register_buffer("e_cont", (e_cont if e_cont is not None else zeros(N, max(cfg.d_cont, 1))).float(), persistent=False)
+        self.register_buffer("e_collab", (e_collab if e_collab is not None else zeros(N, max(cfg.d_collab, 1))).float(), persistent=False)
+        self.register_buffer("item_tags", (item_tags if item_tags is not None else torch.full((N, L), -1)).long(), persistent=False)
+        self.register_buffer("n_children", (n_children if n_children is not None else torch.ones(N, L)).float(), persistent=False)
+        self.embed = InputEmbedding(cfg)
+        self.dsi = DynamicSemanticIntegration(cfg) if cfg.dsi else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(Block(cfg) for _ in range(cfg.enc_layers))
+        self.enc_norm = nn.LayerNorm(cfg.d_model)
+        self.dec_pos = nn.Embedding(L, cfg.d_model)
+        self.decoder = nn.ModuleList(Block(cfg, cross=True) for _ in range(cfg.dec_layers))
+        self.dec_norm = nn.LayerNorm(cfg.d_model)
+        self.out = nn.Parameter(torch.randn(L, K, cfg.d_model) * cfg.d_model ** -0.5)  # w_j per level
+        if cfg.ssa:
+            self.ssa_reg = nn.ModuleList(nn.Linear(cfg.d_model, cfg.d_cb) for _ in range(L))
+            self.ssa_cls = nn.ModuleList(nn.Linear(cfg.d_model, max(n, 1)) for n in cfg.n_tags)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- encoder
+    def encode(self, hist: torch.Tensor, pad: torch.Tensor, dt_bucket: torch.Tensor):
+        """hist (B, H) item indices (chronological, right-padded), pad (B, H) True at padding,
+        dt_bucket (B, H). Returns memory (B, H·L, d) and its padding mask."""
+        B, H = hist.shape
+        L = self.cfg.levels
+        items = hist.clamp(min=0)
+        lengths = (~pad).sum(1, keepdim=True)
+        pos = (lengths - 1 - torch.arange(H, device=hist.device)).clamp(min=0)  # recency position
+        e = self.embed(self.item_codes[items], pos, dt_bucket)  # (B, H, L, d)
+        if self.dsi is not None:
+            e = self.dsi(e, self.e_cont[items], self.e_collab[items], self.item_q[items])
+        x = self.drop(e.reshape(B, H * L, -1))
+        mem_pad = pad[:, :, None].expand(B, H, L).reshape(B, H * L)
+        for blk in self.encoder:
+            x = blk(x, mem_pad)
+        return self.enc_norm(x), mem_pad
+
+    # ---- decoder
+    def decode(self, prefix: torch.Tensor, memory: torch.Tensor, mem_pad: torch.Tensor) -> torch.Tensor:
+        """prefix (B·nb, t) level codes of the first t target tokens (t < L), nb beams per user of
+        `memory` (B, T, d). Returns o (B·nb, t+1, d): o_l for l = 1..t+1, the states that predict
+        token l (Eq. 15, 17)."""
+        B, t = prefix.shape
+        cfg = self.cfg
+        bos = torch.full((B, 1), cfg.levels * cfg.codebook_size + 1, device=prefix.device, dtype=torch.long)
+        tok = torch.cat([bos, prefix + torch.arange(t, device=prefix.device) * cfg.codebook_size], 1)
+        x = self.drop(self.embed.tok(tok) + self.dec_pos.weight[: t + 1])
+        for blk in self.decoder:
+            x = blk(x, None, memory, mem_pad, causal=True)
+        return self.dec_norm(x)
+
+    def logits(self, o: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        """w_j·o_l over the full vocabulary of each level: o (B, t, d) -> (B, t, K)."""
+        if level is None:
+            return torch.einsum("btd,tkd->btk", o, self.out[: o.shape[1]])
+        return o @ self.out[level].T
+
+    def temperature(self, n_children: torch.Tensor) -> torch.Tensor:
+        """τ_gen(N_l) (Eq. 16), or 1 when ATS is off."""
+        cfg = self.cfg
+        if not cfg.ats:
+            return torch.ones_like(n_children, dtype=torch.float32)
+        return ats_temperature(n_children, cfg.tau_min, cfg.tau_max, cfg.alpha, cfg.n_ref_value)
+
+    # ---- Eq. 18
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_isr = L_gen + γ L_ssa (Eq. 18) for a batch of (history, target item)."""
+        memory, mem_pad = self.encode(batch["hist"], batch["pad"], batch["dt"])
+        tgt = batch["target"]
+        codes = self.item_codes[tgt]
+        o = self.decode(codes[:, :-1], memory, mem_pad)  # teacher forcing: (B, L, d)
+        tau = self.temperature(self.n_children[tgt])
+        l_gen = generation_loss(self.logits(o), codes, tau)
+        parts = {"gen": l_gen}
+        total = l_gen
+        if self.cfg.ssa:
+            l_ssa = ssa_loss(o, self.item_q[tgt], self.item_tags[tgt], self.ssa_reg, self.ssa_cls)
+            parts["ssa"] = l_ssa
+            total = total + self.cfg.gamma * l_ssa
+        parts["total"] = total
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def item_tables(codes: np.ndarray, trie: dict) -> np.ndarray:
+    """Branching factor N_l of each item's prefix c_<l (the trie's child counts), (N, L)."""
+    from .dedup import sid_int
+
+    K = int(trie["K"])
+    L = codes.shape[1]
+    out = np.zeros(codes.shape, dtype=np.float32)
+    for l in range(1, L + 1):
+        prefix = sid_int(codes[:, : l - 1], K) if l > 1 else np.zeros(len(codes), np.int64)
+        pref = trie[f"prefix_{l}"].numpy()
+        indptr = trie[f"indptr_{l}"].numpy()
+        r = np.searchsorted(pref, prefix)
+        out[:, l - 1] = indptr[r + 1] - indptr[r]
+    return out

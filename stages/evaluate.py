@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import typer
+
+from pipeline.assets import build_model, load_assets
+from pipeline.beam import TrieIndex, beam_search
+from pipeline.metrics import group_metrics, popularity_groups, popularity_topk, recall_ndcg, target_ranks
+from pipeline.recommender import RecConfig
+from pipeline.seqdata import SeqData
+from pipeline.train_rec import autocast, rank
+from pipeline.utils import atomic_path, resolve_device, seed_everything, write_json, write_parquet
+
+from .common import PARAMS_OPT, SET_OPT, params, stage, summary
+
+KS = (5, 10, 20)
+
+
+@torch.no_grad()
+def batch1_latency_ms(model, data: SeqData, trie: TrieIndex, beam: int, n: int, device: str, amp: str) -> float:
+    """Mean wall time of one user's beam search at batch size 1 (paper §4.7), after 3 warm-ups."""
+    idx = np.arange(min(n, len(data)))
+    model.eval()
+    times = []
+    for j, i in enumerate(np.concatenate([idx[:3], idx])):
+        b = data.batch(np.array([i]), model.cfg.time_buckets, device)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with autocast(device, amp):
+            beam_search(model, b, trie, beam, max(KS))
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if j >= 3:
+            times.append(time.perf_counter() - t0)
+    return 1000 * float(np.mean(times)) if times else 0.0
+
+
+@stage
+def evaluate_cmd(
+    params_file: Path = PARAMS_OPT,
+    set_: list[str] = SET_OPT,
+    data: Path = typer.Option(Path("data/processed"), help="preprocess output folder"),
+    features: Path = typer.Option(Path("data/features"), help="embed output folder"),
+    collab: Path = typer.Option(Path("models/collab"), help="collab output folder"),
+    sid: Path = typer.Option(Path("data/sid"), help="dedup output folder"),
+    model_dir: Path = typer.Option(Path("models/recommender"), "--model", help="train output folder"),
+    predictions: Path = typer.Option(Path("data/predictions.parquet"), help="top-K lists per user"),
+    metrics: Path = typer.Option(Path("metrics/eval.json"), help="Recall/NDCG, groups, efficiency"),
+    groups_plot: Path = typer.Option(Path("plots/popularity_groups.csv"), help="§4.3 bars"),
+):
+    """Leave-one-out evaluation on valid and test: trie-constrained beam search over all items."""
+    p = params(params_file, set_)
+    device = resolve_device(p["device"])
+    seed_everything(p["seed"])
+    beam, batch, amp = p["evaluate.beam_size"], p["evaluate.batch_size"], p["evaluate.amp"]
+    if beam < max(KS):
+        raise ValueError(f"evaluate.beam_size ({beam}) must be >= the largest K ({max(KS)})")
+    a = load_assets(data, features, collab, sid)
+    ck = torch.load(model_dir / "model.pt", weights_only=False)
+    cfg = RecConfig.from_dict(ck["config"])
+    model = build_model(cfg, a).to(device)
+    model.load_state_dict(ck["state_dict"])
+    trie = TrieIndex(a.trie, device)
+    counts = a.items["train_count"].to_numpy()
+    item_group = popularity_groups(counts)
+    pop_top = popularity_topk(counts, max(KS))
+    out: dict = {"params": model.n_params(), "beam_size": beam, "n_items": len(a.items)}
+    rows, group_rows = [], []
+    for split, df in (("valid", a.valid), ("test", a.test)):
+        d = SeqData.from_heldout(df, cfg.max_len)
+        idx = np.arange(len(d))
+        t0 = time.time()
+        top = rank(model, d, idx, trie, beam, max(KS), batch, device, amp, progress=f"evaluate {split}")
+        wall = time.time() - t0
+        ranks = target_ranks(top, d.targets)
+        pop_ranks = target_ranks(np.broadcast_to(pop_top, top.shape), d.targets)
+        out[split] = recall_ndcg(ranks, KS)
+        out[f"{split}_popularity_baseline"] = recall_ndcg(pop_ranks, KS)
+        out[f"{split}_users_per_s"] = round(len(d) / wall, 1)
+        if split == "test":
+            out["test_groups"] = group_metrics(ranks, d.targets, item_group)
+            out["test_groups_popularity_baseline"] = group_metrics(pop_ranks, d.targets, item_group)
+            for g, gp in zip(out["test_groups"], out["test_groups_popularity_baseline"]):
+                group_rows += [{"group": g["group"], "model": "recommender", "n": g["n"],
+                                "recall@10": g["recall@10"], "ndcg@10": g["ndcg@10"]},
+                               {"group": gp["group"], "model": "popularity", "n": gp["n"],
+                                "recall@10": gp["recall@10"], "ndcg@10": gp["ndcg@10"]}]
+        asins = a.items["asin"].to_numpy()
+        rows.append(pd.DataFrame({
+            "split": split, "user": df["user"].to_numpy(), "user_id": df["user_id"].to_numpy(),
+            "target": asins[d.targets], "rank": ranks,
+            "topk": [list(asins[r[r >= 0]]) for r in top],
+        }))
+    out["latency_ms_batch1"] = round(batch1_latency_ms(model, SeqData.from_heldout(a.test, cfg.max_len), trie, beam,
+                                                       p["evaluate.latency_users"], device, amp), 2)
+    out["device"] = device
+    write_parquet(predictions, pd.concat(rows, ignore_index=True))
+    write_json(metrics, out)
+    with atomic_path(groups_plot) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["group", "model", "n", "recall@10", "ndcg@10"])
+        w.writeheader()
+        w.writerows(group_rows)
+    t, pb = out["test"], out["test_popularity_baseline"]
+    summary(f"evaluate: test R@10 {t['recall@10']:.4f} R@20 {t['recall@20']:.4f} N@10 {t['ndcg@10']:.4f} "
+            f"N@20 {t['ndcg@20']:.4f} (popularity R@20 {pb['recall@20']:.4f}); {out['params']:,} params, "
+            f"{out['latency_ms_batch1']} ms/user at batch 1, {out['test_users_per_s']} users/s batched, "
+            f"beam {beam} on {device} -> {metrics}")

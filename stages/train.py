@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+from pipeline.assets import build_model, load_assets, model_config
+from pipeline.beam import TrieIndex
+from pipeline.seqdata import SeqData
+from pipeline.train_rec import FitConfig, fit
+from pipeline.utils import atomic_path, resolve_device, seed_everything, write_json, write_torch
+
+from .common import PARAMS_OPT, SET_OPT, params, stage, summary
+
+
+@stage
+def train_cmd(
+    params_file: Path = PARAMS_OPT,
+    set_: list[str] = SET_OPT,
+    data: Path = typer.Option(Path("data/processed"), help="preprocess output folder"),
+    features: Path = typer.Option(Path("data/features"), help="embed output folder"),
+    collab: Path = typer.Option(Path("models/collab"), help="collab output folder"),
+    sid: Path = typer.Option(Path("data/sid"), help="dedup output folder"),
+    out: Path = typer.Option(Path("models/recommender"), help="output folder: best model"),
+    ckpt: Path = typer.Option(Path("models/checkpoints"), help="checkpoints for resume (kept across runs)"),
+    metrics: Path = typer.Option(Path("metrics/train.json"), help="training summary"),
+    curve: Path = typer.Option(Path("plots/train.csv"), help="per-epoch training/validation curve"),
+):
+    """Train the Integrated Semantic Recommender (Eq. 10-18); resumes from the last checkpoint."""
+    p = params(params_file, set_)
+    device = resolve_device(p["device"])
+    seed = p["seed"]
+    seed_everything(seed)
+    a = load_assets(data, features, collab, sid)
+    cfg = model_config(p, a)
+    fcfg = FitConfig(**{k: p[f"recommender.{k}"] for k in FitConfig.__dataclass_fields__})
+    model = build_model(cfg, a).to(device)
+    train = SeqData.from_train(a.train, cfg.max_len)
+    valid = SeqData.from_heldout(a.valid, cfg.max_len)
+    # what must match for a checkpoint to be resumed (the budget and patience may change)
+    resumable = {k: v for k, v in asdict(fcfg).items() if k not in ("time_budget_min", "patience")}
+    fingerprint = hashlib.md5(json.dumps([cfg.to_dict(), resumable, seed, a.fingerprint()], sort_keys=True)
+                              .encode()).hexdigest()
+    t0 = time.time()
+    res = fit(model, train, valid, TrieIndex(a.trie, device), fcfg, device, seed, ckpt, fingerprint)
+    write_torch(out / "model.pt", {"config": cfg.to_dict(), "state_dict": res.best_state})
+    info = {**res.info, "params": model.n_params(), "train_samples": len(train), "device": device,
+            "wall_s": round(time.time() - t0, 1)}
+    if res.history:
+        info["last_samples_per_s"] = res.history[-1]["samples_per_s"]
+    write_json(metrics, info)
+    fields = list(dict.fromkeys(k for row in res.history for k in row)) or ["epoch"]
+    with atomic_path(curve) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(res.history)
+    summary(f"train: {info['params']:,} params, {len(train):,} samples, {info['epochs']} epochs "
+            f"(stopped: {info['stopped']}), best valid NDCG@20 {info['best_valid_ndcg@20']:.4f} at epoch "
+            f"{info['best_epoch']} ({info['valid_users_per_epoch']} users), {info['train_wall_s']}s training on "
+            f"{device} -> {out}")

@@ -1,0 +1,76 @@
+"""End to end on the embedded synthetic data: PRISM (tokenizer + recommender) must beat the
+popularity baseline by a wide margin, and TIGER's configuration must run through the same stages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ROOT
+from stages.cli import app
+
+FAST = ["-S", "synthetic.size=tiny", "-S", "collab.max_epochs=20", "-S", "collab.eval_every=5",
+        "-S", "quantize.epochs=60", "-S", "recommender.max_epochs=12", "-S", "recommender.patience=12",
+        "-S", "recommender.warmup_steps=50", "-S", "recommender.valid_users=0", "-S", "evaluate.latency_users=2"]
+
+
+def run_pipeline(work, extra=()):
+    runner = CliRunner()
+    out = {}
+    for stage in ["preprocess", "embed", "collab", "quantize", "dedup", "train", "evaluate"]:
+        res = runner.invoke(app, [stage, *FAST, *extra])
+        assert res.exit_code == 0, (stage, res.output)
+        out[stage] = res.stdout.strip().splitlines()[-1]
+    return out, json.loads((work / "metrics" / "eval.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def prism_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("quality")
+    shutil.copy(ROOT / "params.yaml", work / "params.yaml")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(work)
+    try:
+        yield work, *run_pipeline(work)
+    finally:
+        mp.undo()
+
+
+def test_prism_beats_popularity_by_a_wide_margin(prism_run):
+    work, summaries, ev = prism_run
+    test, pop = ev["test"], ev["test_popularity_baseline"]
+    assert test["recall@10"] >= 2 * pop["recall@10"], (test, pop)
+    assert test["ndcg@10"] >= 2 * pop["ndcg@10"], (test, pop)
+    assert ev["valid"]["recall@20"] >= 2 * ev["valid_popularity_baseline"]["recall@20"]
+
+
+def test_training_curve_and_best_checkpoint(prism_run):
+    work, summaries, ev = prism_run
+    info = json.loads((work / "metrics" / "train.json").read_text())
+    assert info["stopped"] in ("max_epochs", "patience") and 1 <= info["best_epoch"] <= info["epochs"]
+    curve = (work / "plots" / "train.csv").read_text().splitlines()
+    assert curve[0].startswith("epoch,fraction,train_gen,train_ssa,train_total,valid_recall@5")
+    losses = [float(r.split(",")[4]) for r in curve[1:]]
+    assert losses[-1] < losses[0]  # the training loss falls
+    assert ev["params"] > 1_000_000 and ev["latency_ms_batch1"] > 0 and ev["test_users_per_s"] > 0
+
+
+def test_tiger_configuration_runs_the_same_stages(prism_run, tmp_path, monkeypatch):
+    work = prism_run[0]
+    for d in ("data", "models", "metrics"):
+        shutil.copytree(work / d, tmp_path / d)
+    shutil.rmtree(tmp_path / "models" / "checkpoints")
+    shutil.copy(work / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    tiger = ["-S", "tokenizer=rqvae", "-S", "dsi=false", "-S", "ssa=false", "-S", "ats=false", "-S", "dt=false",
+             "-S", "recommender.max_epochs=2"]
+    for stage in ["quantize", "dedup", "train", "evaluate"]:
+        res = runner.invoke(app, [stage, *FAST, *tiger])
+        assert res.exit_code == 0, (stage, res.output)
+    info = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert info["params"] < json.loads((work / "metrics" / "train.json").read_text())["params"]  # no DSI/SSA
+    assert json.loads((tmp_path / "metrics" / "quantizer.json").read_text())["tokenizer"] == "rqvae"

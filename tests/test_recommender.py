@@ -1,0 +1,272 @@
+"""Integrated Semantic Recommender: equations, ablation switches, beam search, data, metrics, resume."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.beam import TrieIndex, beam_search, score_all_items
+from pipeline.dedup import build_trie
+from pipeline.metrics import group_metrics, popularity_groups, popularity_topk, recall_ndcg, target_ranks
+from pipeline.recommender import PrismRecommender, RecConfig, ats_temperature, item_tables
+from pipeline.seqdata import SeqData, dt_bucket, epoch_batches
+from pipeline.train_rec import FitConfig, fit
+
+N, L, K, D_CONT, D_COL = 60, 3, 8, 12, 6
+DAY = 86400
+
+
+def small_cfg(**kw) -> RecConfig:
+    base = dict(levels=L, codebook_size=K, n_items=N, d_model=32, d_ff=64, n_heads=2, d_head=16, enc_layers=1,
+                dec_layers=1, dropout=0.1, max_len=5, d_cont=D_CONT, d_collab=D_COL, d_cb=4, d_cont_proj=8,
+                d_collab_proj=4, d_moe=16, n_tags=(3, 5, 7))
+    base.update(kw)
+    return RecConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def world():
+    rng = np.random.default_rng(0)
+    ids = rng.choice(K ** L, N, replace=False)
+    codes = np.stack([ids // K ** 2, (ids // K) % K, ids % K], 1).astype(np.int64)
+    trie = build_trie(codes, K)
+    tags = np.stack([rng.integers(-1, n, N) for n in (3, 5, 7)], 1)
+    tensors = dict(item_codes=torch.from_numpy(codes), item_q=torch.randn(N, L, 4),
+                   e_cont=torch.randn(N, D_CONT), e_collab=torch.randn(N, D_COL), item_tags=torch.from_numpy(tags),
+                   n_children=torch.from_numpy(item_tables(codes, trie)))
+    users = 24
+    train = pd.DataFrame({"user": np.arange(users), "items": [list(rng.integers(0, N, 7)) for _ in range(users)],
+                          "times": [list(np.sort(rng.integers(0, 400, 7)) * DAY) for _ in range(users)]})
+    held = pd.DataFrame({"user": np.arange(users), "history": train["items"], "history_times": train["times"],
+                         "target": rng.integers(0, N, users), "target_time": 500 * DAY})
+    return codes, trie, tensors, train, held
+
+
+def make(world, **kw) -> PrismRecommender:
+    torch.manual_seed(0)
+    return PrismRecommender(small_cfg(**kw), **world[2])
+
+
+# ------------------------------------------------------------------------------ equations
+
+
+def test_ats_temperature_eq16():
+    n = torch.tensor([0.0, 10.0, 1e6])
+    tau = ats_temperature(n, 0.5, 1.0, 0.5, 10.0)
+    assert tau[0] == pytest.approx(1.0)  # no branching -> τ_max
+    assert tau[1] == pytest.approx(0.5 + 0.5 * math.exp(-0.5))
+    assert tau[2] == pytest.approx(0.5)  # dense branch -> τ_min
+    assert RecConfig(n_items=10_000).n_ref_value == pytest.approx(50.0)  # √|I| / 2
+
+
+def test_item_tables_are_trie_branching_factors(world):
+    codes, trie, *_ = world
+    nc = item_tables(codes, trie)
+    assert (nc[:, 0] == len(np.unique(codes[:, 0]))).all()
+    for i in range(N):
+        same2 = (codes[:, 0] == codes[i, 0])
+        assert nc[i, 1] == len(np.unique(codes[same2, 1]))
+        same3 = same2 & (codes[:, 1] == codes[i, 1])
+        assert nc[i, 2] == len(np.unique(codes[same3, 2]))
+
+
+def test_dt_buckets():
+    ages = np.array([0, DAY - 1, DAY, 2 * DAY, 3 * DAY, 4 * DAY, 10 ** 10])
+    assert dt_bucket(ages, 16).tolist() == [0, 0, 1, 2, 2, 3, 15]
+
+
+def test_moe_routes_to_top_k_experts(world):
+    m = make(world)
+    m.eval()
+    w = m.dsi.moe.routing(torch.randn(50, m.dsi.moe.gate.in_features))
+    assert ((w > 0).sum(-1) == 2).all() and torch.allclose(w.sum(-1), torch.ones(50))
+    m.train()
+    torch.manual_seed(1)
+    w1 = m.dsi.moe.routing(torch.zeros(5, m.dsi.moe.gate.in_features))
+    assert ((w1 > 0).sum(-1) == 2).all()  # noisy gating (Eq. 12) still picks K experts
+    assert 0 < float(m.dsi.eta.detach()) < 0.2  # η = sigmoid(−2) at init (Eq. 14)
+
+
+# ----------------------------------------------------------------------- ablation switches
+
+
+def loss_parts(m, world, seed=0):
+    b = SeqData.from_train(world[3], 5).batch(np.arange(16), m.cfg.time_buckets)
+    m.eval()
+    torch.manual_seed(seed)
+    _, parts = m.loss(b)
+    return parts
+
+
+def copy_into(src, dst):
+    missing, unexpected = dst.load_state_dict(src.state_dict(), strict=False)
+    assert not missing
+    return {k.split(".")[0] for k in unexpected}
+
+
+def test_ssa_switch_removes_exactly_its_term(world):
+    full, off = make(world), make(world, ssa=False)
+    assert copy_into(full, off) == {"ssa_reg", "ssa_cls"}
+    pf, po = loss_parts(full, world), loss_parts(off, world)
+    assert "ssa" in pf and "ssa" not in po and pf["ssa"] > 0
+    assert po["gen"] == pytest.approx(pf["gen"], rel=1e-6)
+    assert pf["total"] == pytest.approx(pf["gen"] + full.cfg.gamma * pf["ssa"], rel=1e-6)
+    assert po["total"] == pytest.approx(po["gen"], rel=1e-6)
+
+
+def test_ats_switch_removes_exactly_the_temperature(world):
+    full, off = make(world), make(world, ats=False)
+    assert copy_into(full, off) == set()
+    full.cfg.tau_min = full.cfg.tau_max = 1.0  # τ ≡ 1 is what ats=False means
+    pf, po = loss_parts(full, world), loss_parts(off, world)
+    assert po["gen"] == pytest.approx(pf["gen"], rel=1e-6)
+    full.cfg.tau_min = 0.5
+    assert loss_parts(full, world)["gen"] != pytest.approx(po["gen"], rel=1e-6)
+
+
+def test_dsi_switch_removes_exactly_the_fusion(world):
+    full, off = make(world), make(world, dsi=False)
+    assert copy_into(full, off) == {"dsi"}
+    with torch.no_grad():
+        full.dsi.eta_logit.fill_(-float("inf"))  # η = 0: Eq. 14 adds nothing
+    assert loss_parts(full, world)["total"] == pytest.approx(loss_parts(off, world)["total"], rel=1e-6)
+
+
+def test_dt_switch_removes_exactly_the_time_embedding(world):
+    full, off = make(world), make(world, dt=False)
+    assert copy_into(full, off) == {"embed"}  # embed.time.weight only
+    with torch.no_grad():
+        full.embed.time.weight.zero_()
+    assert loss_parts(full, world)["total"] == pytest.approx(loss_parts(off, world)["total"], rel=1e-6)
+
+
+def test_tiger_configuration_has_no_prism_modules(world):
+    m = make(world, dsi=False, ssa=False, ats=False, dt=False)
+    names = {k.split(".")[0] for k in m.state_dict()}
+    assert not names & {"dsi", "ssa_reg", "ssa_cls"} and m.embed.time is None
+
+
+# -------------------------------------------------------------------------------- decoding
+
+
+def test_beam_search_matches_exhaustive_scoring(world):
+    codes, trie, *_ = world
+    m = make(world)
+    m.eval()
+    held = SeqData.from_heldout(world[4], 5)
+    b = held.batch(np.arange(6), m.cfg.time_buckets)
+    ti = TrieIndex(trie)
+    items, scores = beam_search(m, b, ti, beam=N, topk=N)  # beam >= |I|: exact
+    exhaustive = score_all_items(m, b, ti, torch.from_numpy(codes))
+    for u in range(6):
+        row = items[u].numpy()
+        assert (row >= 0).all() and len(set(row)) == N  # only valid, distinct items
+        ex_sorted = torch.sort(exhaustive[u], descending=True).values
+        assert torch.allclose(scores[u], ex_sorted, atol=1e-4)
+        assert torch.allclose(exhaustive[u][items[u]], scores[u], atol=1e-4)
+    # the probabilities of all valid items sum to 1 (normalised over valid children only)
+    assert torch.allclose(exhaustive.exp().sum(1), torch.ones(6), atol=1e-4)
+    # a narrow beam returns valid, distinct items too, scored as the exhaustive scores say
+    items5, scores5 = beam_search(m, b, ti, beam=5, topk=5)
+    for u in range(6):
+        assert len(set(items5[u].tolist())) == 5 and (items5[u] >= 0).all()
+        assert torch.allclose(exhaustive[u][items5[u]], scores5[u], atol=1e-4)
+
+
+def test_trie_masks_only_valid_children(world):
+    codes, trie, *_ = world
+    ti = TrieIndex(trie)
+    mask, n = ti.valid_next(1, torch.tensor([int(codes[0, 0]), K ** 2 + 5]))  # known / unknown prefix
+    assert set(torch.nonzero(mask[0]).flatten().tolist()) == set(codes[codes[:, 0] == codes[0, 0], 1].tolist())
+    assert not mask[1].any() and n[1] == 0
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def test_train_samples_every_prefix_without_leakage(world):
+    train = world[3]
+    d = SeqData.from_train(train, max_len=5)
+    assert len(d) == sum(len(s) - 1 for s in train["items"])
+    b = d.batch(np.arange(len(d)), 16)
+    k = 0
+    for seq in train["items"]:
+        for t in range(1, len(seq)):
+            hist = b["hist"][k][~b["pad"][k]].tolist()
+            assert hist == list(seq[max(0, t - 5):t]) and int(b["target"][k]) == seq[t]
+            k += 1
+    assert set(np.concatenate(epoch_batches(len(d), 7, np.random.default_rng(0), d.lengths))) == set(range(len(d)))
+
+
+def test_heldout_samples(world):
+    held = world[4]
+    d = SeqData.from_heldout(held, max_len=5)
+    b = d.batch(np.array([3]), 16)
+    assert b["hist"][0].tolist() == list(held["history"][3])[-5:]
+    assert int(b["target"][0]) == held["target"][3]
+    assert int(b["dt"][0, -1]) == 0  # the most recent item has age 0
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+
+def test_metrics_match_hand_computed_values():
+    top = np.array([[3, 1, 2], [0, 5, 6], [7, 8, 9], [4, 3, 2]])
+    ranks = target_ranks(top, np.array([1, 0, 1, 2]))
+    assert ranks.tolist() == [1, 0, -1, 2]
+    m = recall_ndcg(ranks, ks=(1, 3))
+    assert m["recall@1"] == pytest.approx(1 / 4) and m["recall@3"] == pytest.approx(3 / 4)
+    assert m["ndcg@1"] == pytest.approx(1 / 4)
+    assert m["ndcg@3"] == pytest.approx((1 / math.log2(3) + 1 + 1 / math.log2(4)) / 4)
+
+
+def test_popularity_groups_have_equal_item_counts():
+    counts = np.array([50, 1, 7, 3, 30, 2, 9, 0, 4])
+    g = popularity_groups(counts)
+    assert np.bincount(g).tolist() == [3, 3, 3]
+    assert set(np.flatnonzero(g == 0)) == {0, 4, 6} and set(np.flatnonzero(g == 2)) == {1, 5, 7}
+    rows = group_metrics(np.array([0, -1, 1]), np.array([0, 1, 2]), g, ks=(10,))
+    assert [r["n"] for r in rows] == [1, 1, 1] and rows[0]["recall@10"] == 1 and rows[2]["recall@10"] == 0
+    assert popularity_topk(counts, 3).tolist() == [0, 4, 6]
+
+
+# ---------------------------------------------------------------------------------- resume
+
+
+def strip_timing(history):
+    return [{k: v for k, v in row.items() if not k.endswith("_s") and k != "samples_per_s"} for row in history]
+
+
+def test_resume_reproduces_the_uninterrupted_run(world, tmp_path):
+    _, trie, _, train, held = world
+    tr, va = SeqData.from_train(train, 5), SeqData.from_heldout(held, 5)
+    cfg = FitConfig(batch_size=8, max_epochs=3, patience=10, warmup_steps=2, valid_users=0, beam_size=20,
+                    amp="off")
+    ti = TrieIndex(trie)
+    m1 = make(world)
+    r1 = fit(m1, tr, va, ti, cfg, "cpu", seed=3, ckpt_dir=tmp_path / "a", fingerprint="x")
+    m2 = make(world)
+    fit(m2, tr, va, ti, cfg, "cpu", seed=3, ckpt_dir=tmp_path / "b", fingerprint="x", stop_after=1)
+    m3 = make(world)  # a fresh process: same init, then resume from tmp_path/b
+    r3 = fit(m3, tr, va, ti, cfg, "cpu", seed=3, ckpt_dir=tmp_path / "b", fingerprint="x")
+    assert r1.info["epochs"] == r3.info["epochs"] == 3
+    assert strip_timing(r1.history) == strip_timing(r3.history)
+    for k, v in m1.state_dict().items():
+        assert torch.equal(v, m3.state_dict()[k]), k
+    # another fingerprint (other params or data) starts over instead of resuming
+    m4 = make(world)
+    r4 = fit(m4, tr, va, ti, cfg, "cpu", seed=3, ckpt_dir=tmp_path / "b", fingerprint="other", stop_after=1)
+    assert len(r4.history) == 1
+
+
+def test_time_budget_stops_training(world):
+    _, trie, _, train, held = world
+    cfg = FitConfig(batch_size=8, max_epochs=50, time_budget_min=1e-9, warmup_steps=2, valid_users=0, beam_size=20,
+                    amp="off")
+    r = fit(make(world), SeqData.from_train(train, 5), SeqData.from_heldout(held, 5), TrieIndex(trie), cfg,
+            "cpu", seed=0)
+    assert r.info["stopped"] == "time_budget" and r.info["epochs"] == 1 and r.history[0]["fraction"] < 1
