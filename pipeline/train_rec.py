@@ -121,6 +121,7 @@ def fit(model, train: SeqData, valid: SeqData, trie: TrieIndex, cfg: FitConfig, 
             rng.bit_generator.state = ck["numpy_rng"]
             torch.set_rng_state(ck["torch_rng"])
             state = ck["state"]
+            state["stopped"] = None  # the stopping rules are checked again (e.g. a larger budget)
             best_state = torch.load(ckpt_dir / "best.pt", weights_only=False)
             log.info("train: resumed from %s after epoch %d (best valid NDCG@20 %.4f at epoch %d)",
                      last, state["epoch"], state["best"], state["best_epoch"])
@@ -134,6 +135,9 @@ def fit(model, train: SeqData, valid: SeqData, trie: TrieIndex, cfg: FitConfig, 
             break
         if state["train_s"] >= budget_s:
             state["stopped"] = "time_budget"
+            break
+        if state["epoch"] and state["epoch"] - state["best_epoch"] >= cfg.patience:
+            state["stopped"] = "patience"
             break
         epoch = state["epoch"] + 1
         model.train()
@@ -178,10 +182,12 @@ def fit(model, train: SeqData, valid: SeqData, trie: TrieIndex, cfg: FitConfig, 
                  epoch, " (partial: time budget)" if partial else "", row.get("train_total", float("nan")),
                  metrics["recall@20"], metrics["ndcg@20"], state["best"], state["best_epoch"],
                  row["samples_per_s"], row["train_s"] + row["valid_s"])
-        if partial:
+        if partial or state["train_s"] >= budget_s:
             state["stopped"] = "time_budget"
         elif epoch - state["best_epoch"] >= cfg.patience:
             state["stopped"] = "patience"
+        elif epoch >= cfg.max_epochs:
+            state["stopped"] = "max_epochs"
         if ckpt_dir is not None:
             write_torch(ckpt_dir / "best.pt", best_state)
             write_torch(last, {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),

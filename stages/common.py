@@ -14,6 +14,11 @@ from pipeline.utils import DataError, setup_logging
 
 PARAMS_OPT = typer.Option(Path("params.yaml"), "--params", help="params file (DVC's params.yaml)")
 SET_OPT = typer.Option(None, "--set", "-S", help="override a param: KEY=VALUE (dotted keys), repeatable")
+# the inputs of the recommender stages (train, evaluate)
+DATA_OPT = typer.Option(Path("data/processed"), help="preprocess output folder")
+FEATURES_OPT = typer.Option(Path("data/features"), help="embed output folder")
+COLLAB_OPT = typer.Option(Path("models/collab"), help="collab output folder")
+SID_OPT = typer.Option(Path("data/sid"), help="dedup output folder")
 
 
 def params(path: Path, overrides: list[str] | None) -> Params:

@@ -17,7 +17,7 @@ from pipeline.seqdata import SeqData
 from pipeline.train_rec import autocast, rank
 from pipeline.utils import atomic_path, resolve_device, seed_everything, write_json, write_parquet
 
-from .common import PARAMS_OPT, SET_OPT, params, stage, summary
+from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
 
 KS = (5, 10, 20)
 
@@ -46,10 +46,10 @@ def batch1_latency_ms(model, data: SeqData, trie: TrieIndex, beam: int, n: int, 
 def evaluate_cmd(
     params_file: Path = PARAMS_OPT,
     set_: list[str] = SET_OPT,
-    data: Path = typer.Option(Path("data/processed"), help="preprocess output folder"),
-    features: Path = typer.Option(Path("data/features"), help="embed output folder"),
-    collab: Path = typer.Option(Path("models/collab"), help="collab output folder"),
-    sid: Path = typer.Option(Path("data/sid"), help="dedup output folder"),
+    data: Path = DATA_OPT,
+    features: Path = FEATURES_OPT,
+    collab: Path = COLLAB_OPT,
+    sid: Path = SID_OPT,
     model_dir: Path = typer.Option(Path("models/recommender"), "--model", help="train output folder"),
     predictions: Path = typer.Option(Path("data/predictions.parquet"), help="top-K lists per user"),
     metrics: Path = typer.Option(Path("metrics/eval.json"), help="Recall/NDCG, groups, efficiency"),

@@ -13,19 +13,19 @@ from pipeline.assets import build_model, load_assets, model_config
 from pipeline.beam import TrieIndex
 from pipeline.seqdata import SeqData
 from pipeline.train_rec import FitConfig, fit
-from pipeline.utils import atomic_path, resolve_device, seed_everything, write_json, write_torch
+from pipeline.utils import atomic_path, log, resolve_device, seed_everything, write_json, write_torch
 
-from .common import PARAMS_OPT, SET_OPT, params, stage, summary
+from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
 
 
 @stage
 def train_cmd(
     params_file: Path = PARAMS_OPT,
     set_: list[str] = SET_OPT,
-    data: Path = typer.Option(Path("data/processed"), help="preprocess output folder"),
-    features: Path = typer.Option(Path("data/features"), help="embed output folder"),
-    collab: Path = typer.Option(Path("models/collab"), help="collab output folder"),
-    sid: Path = typer.Option(Path("data/sid"), help="dedup output folder"),
+    data: Path = DATA_OPT,
+    features: Path = FEATURES_OPT,
+    collab: Path = COLLAB_OPT,
+    sid: Path = SID_OPT,
     out: Path = typer.Option(Path("models/recommender"), help="output folder: best model"),
     ckpt: Path = typer.Option(Path("models/checkpoints"), help="checkpoints for resume (kept across runs)"),
     metrics: Path = typer.Option(Path("metrics/train.json"), help="training summary"),
@@ -39,6 +39,10 @@ def train_cmd(
     a = load_assets(data, features, collab, sid)
     cfg = model_config(p, a)
     fcfg = FitConfig(**{k: p[f"recommender.{k}"] for k in FitConfig.__dataclass_fields__})
+    if p["dataset"] == "synthetic" and p["synthetic.max_epochs"] < fcfg.max_epochs:
+        # the embedded default must run in minutes on a CPU; real datasets get the paper's epochs
+        log.info("train: synthetic data: max_epochs capped at synthetic.max_epochs = %d", p["synthetic.max_epochs"])
+        fcfg.max_epochs = p["synthetic.max_epochs"]
     model = build_model(cfg, a).to(device)
     train = SeqData.from_train(a.train, cfg.max_len)
     valid = SeqData.from_heldout(a.valid, cfg.max_len)
@@ -59,7 +63,7 @@ def train_cmd(
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerows(res.history)
-    summary(f"train: {info['params']:,} params, {len(train):,} samples, {info['epochs']} epochs "
+    summary(f"train: {info['params']:,} params, {len(train):,} samples, {info['epochs']}/{fcfg.max_epochs} epochs "
             f"(stopped: {info['stopped']}), best valid NDCG@20 {info['best_valid_ndcg@20']:.4f} at epoch "
             f"{info['best_epoch']} ({info['valid_users_per_epoch']} users), {info['train_wall_s']}s training on "
             f"{device} -> {out}")

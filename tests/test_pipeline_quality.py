@@ -13,7 +13,7 @@ from conftest import ROOT
 from stages.cli import app
 
 FAST = ["-S", "synthetic.size=tiny", "-S", "collab.max_epochs=20", "-S", "collab.eval_every=5",
-        "-S", "quantize.epochs=60", "-S", "recommender.max_epochs=12", "-S", "recommender.patience=12",
+        "-S", "quantize.epochs=60", "-S", "recommender.max_epochs=12", "-S", "synthetic.max_epochs=12", "-S", "recommender.patience=12",
         "-S", "recommender.warmup_steps=50", "-S", "recommender.valid_users=0", "-S", "evaluate.latency_users=2"]
 
 

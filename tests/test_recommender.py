@@ -270,3 +270,13 @@ def test_time_budget_stops_training(world):
     r = fit(make(world), SeqData.from_train(train, 5), SeqData.from_heldout(held, 5), TrieIndex(trie), cfg,
             "cpu", seed=0)
     assert r.info["stopped"] == "time_budget" and r.info["epochs"] == 1 and r.history[0]["fraction"] < 1
+
+
+def test_a_larger_budget_continues_a_budget_stopped_run(world, tmp_path):
+    _, trie, _, train, held = world
+    tr, va, ti = SeqData.from_train(train, 5), SeqData.from_heldout(held, 5), TrieIndex(trie)
+    base = dict(batch_size=8, max_epochs=4, warmup_steps=2, valid_users=0, beam_size=20, amp="off")
+    r1 = fit(make(world), tr, va, ti, FitConfig(time_budget_min=1e-9, **base), "cpu", 0, tmp_path, "x")
+    assert r1.info["stopped"] == "time_budget" and r1.info["epochs"] == 1
+    r2 = fit(make(world), tr, va, ti, FitConfig(time_budget_min=0, **base), "cpu", 0, tmp_path, "x")
+    assert r2.info["stopped"] == "max_epochs" and r2.info["epochs"] == 4 and len(r2.history) == 4
