@@ -142,3 +142,15 @@ def test_stage_deps_cover_the_code_it_runs(stage):
     code = {f.relative_to(ROOT).as_posix() for f in project_imports(ROOT / "stages" / f"{stage}.py")}
     code.add(f"stages/{stage}.py")
     assert code <= deps, f"dvc.yaml stage {stage} misses deps {sorted(code - deps)}"
+
+
+def test_dvc_yaml_is_valid_for_dvc():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dvc = Path(sys.executable).with_name("dvc")
+    res = subprocess.run([str(dvc), "stage", "list"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name in STAGES:
+        assert name in res.stdout
