@@ -14,9 +14,9 @@ S=(-S dataset=synthetic -S synthetic.size=cds -S raw_dir="$OUT/raw" -S collab.me
 run() {  # name, command...
   local name=$1; shift
   /usr/bin/time -f "$name: wall %e s, peak RSS %M KB" "$@" 2>"$OUT/$name.err" | tail -1
-  grep -E "^$name: wall" "$OUT/$name.err"
+  grep -aoE "$name: wall.*" "$OUT/$name.err"
 }
-run preprocess prism preprocess "${S[@]}" --out "$OUT/processed" --stats "$OUT/stats.json"
+[ -f "$OUT/processed/items.parquet" ] || run preprocess prism preprocess "${S[@]}" --out "$OUT/processed" --stats "$OUT/stats.json"
 run embed prism embed "${S[@]}" --data "$OUT/processed" --out "$OUT/features"
 run collab prism collab "${S[@]}" --data "$OUT/processed" --out "$OUT/collab" --metrics "$OUT/collab.json" --curve "$OUT/collab.csv"
 run quantize prism quantize "${S[@]}" -S quantize.epochs="$EPOCHS" -S tokenizer="$TOK" --data "$OUT/processed" \
