@@ -18,15 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.assets import build_model, load_assets, model_config  # noqa: E402
-from pipeline.beam import TrieIndex, beam_search  # noqa: E402
+from pipeline.beam import TrieIndex  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.seqdata import SeqData, epoch_batches  # noqa: E402
-from pipeline.train_rec import autocast, rank  # noqa: E402
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+from pipeline.train_rec import batch1_latency_ms, rank, sync_device as sync, train_step  # noqa: E402
 
 
 def bench(device: str, a, p, steps: int, users: int, amp: str) -> None:
@@ -42,12 +37,7 @@ def bench(device: str, a, p, steps: int, users: int, amp: str) -> None:
         if i == 3:
             sync(device)
             t0, n = time.perf_counter(), 0
-        b = train.batch(idx, cfg.time_buckets, device)
-        with autocast(device, amp):
-            loss, _ = model.loss(b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, train.batch(idx, cfg.time_buckets, device), device, amp, grad_clip=1.0)
         n += len(idx)
     sync(device)
     sps = n / (time.perf_counter() - t0)
@@ -64,18 +54,9 @@ def bench(device: str, a, p, steps: int, users: int, amp: str) -> None:
     rank(model, test, idx, trie, beam, 20, p["evaluate.batch_size"], device, amp)
     sync(device)
     ups = len(idx) / (time.perf_counter() - t0)
-    model.eval()
-    times = []
-    for i in idx[:50]:
-        b = test.batch(np.array([i]), cfg.time_buckets, device)
-        sync(device)
-        t1 = time.perf_counter()
-        with autocast(device, amp), torch.no_grad():
-            beam_search(model, b, trie, beam, 20)
-        sync(device)
-        times.append(time.perf_counter() - t1)
+    ms = batch1_latency_ms(model, test, trie, beam, 20, 45, device, amp, warmup=5)
     print(f"{device} amp={amp}: decode beam {beam}: {ups:,.0f} users/s batched (batch {p['evaluate.batch_size']}), "
-          f"{1000 * np.mean(times[5:]):.1f} ms/user at batch 1")
+          f"{ms:.1f} ms/user at batch 1")
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .recommender import PrismRecommender, RecConfig, item_tables
+from .beam import TrieIndex
+from .recommender import PrismRecommender, RecConfig
 from .utils import DataError
 
 
@@ -55,7 +56,7 @@ def load_assets(data: Path, features: Path, collab: Path, sid: Path) -> Assets:
         e_cont=np.load(features / "content.npy"), e_collab=np.load(collab / "item_emb.npy"),
         tags=items[[f"tag_{d}" for d in range(1, L + 1)]].to_numpy().astype(np.int64),
         n_tags=[int((tags_df["depth"] == d).sum()) for d in range(1, L + 1)],
-        trie=trie, n_children=item_tables(codes, trie),
+        trie=trie, n_children=TrieIndex(trie).item_branching(torch.from_numpy(codes)).numpy(),
     )
 
 

@@ -8,8 +8,9 @@ over the valid children only. The final beams are distinct full IDs, i.e. distin
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from .dedup import sid_int
 
 
 class TrieIndex:
@@ -23,14 +24,19 @@ class TrieIndex:
         self.sid = trie["sid"].to(device)
         self.item_of_sid = trie["item_of_sid"].to(device)
 
+    def branching(self, level: int, prefix_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start of the children in the CSR arrays and their number N_l (ATS, Eq. 16) for each
+        prefix id (M,) at `level` (0-based); unknown prefixes have N_l = 0."""
+        pref, indptr = self.prefix[level], self.indptr[level]
+        r = torch.searchsorted(pref, prefix_id).clamp(max=len(pref) - 1)
+        lo = indptr[r]
+        return lo, torch.where(pref[r] == prefix_id, indptr[r + 1] - lo, torch.zeros_like(lo))
+
     def valid_next(self, level: int, prefix_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask (M, K) of the valid level-`level` (0-based) tokens after each prefix id (M,), and
         the branching factors N_l (M,). Unknown prefixes get an empty row and N_l = 0."""
-        pref, indptr, children = self.prefix[level], self.indptr[level], self.children[level]
-        r = torch.searchsorted(pref, prefix_id).clamp(max=len(pref) - 1)
-        known = pref[r] == prefix_id
-        lo, hi = indptr[r], indptr[r + 1]
-        counts = torch.where(known, hi - lo, torch.zeros_like(lo))
+        lo, counts = self.branching(level, prefix_id)
+        children = self.children[level]
         M = len(prefix_id)
         rows = torch.repeat_interleave(torch.arange(M, device=prefix_id.device), counts)
         offs = torch.arange(len(rows), device=prefix_id.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
@@ -38,6 +44,14 @@ class TrieIndex:
         mask = torch.zeros(M, self.K, dtype=torch.bool, device=prefix_id.device)
         mask[rows, cols] = True
         return mask, counts
+
+    def prefix_ids(self, codes: torch.Tensor, level: int) -> torch.Tensor:
+        """Integer id of each item's prefix c_<level (0 for the empty prefix), as the trie numbers them."""
+        return torch.from_numpy(sid_int(codes[:, :level].cpu().numpy(), self.K)).to(self.sid.device)
+
+    def item_branching(self, codes: torch.Tensor) -> torch.Tensor:
+        """Branching factor N_l of each item's prefix c_<l, (N, L): ATS's N_l of the targets."""
+        return torch.stack([self.branching(l, self.prefix_ids(codes, l))[1] for l in range(self.L)], 1).float()
 
     def items_of(self, sid: torch.Tensor) -> torch.Tensor:
         pos = torch.searchsorted(self.sid, sid).clamp(max=len(self.sid) - 1)
@@ -84,16 +98,11 @@ def beam_search(model, batch: dict[str, torch.Tensor], trie: TrieIndex, beam: in
 def score_all_items(model, batch: dict[str, torch.Tensor], trie: TrieIndex, item_codes: torch.Tensor) -> torch.Tensor:
     """Exhaustive log p(item | history) for every item (B, N), by teacher forcing each item's ID
     with the same constrained normalisation as the beam search (for tests and small catalogues)."""
-    from .dedup import sid_int
-
     memory, mem_pad = model.encode(batch["hist"], batch["pad"], batch["dt"])
-    B, N, L = len(memory), len(item_codes), trie.L
-    K = trie.K
+    B, N = len(memory), len(item_codes)
     o = model.decode(item_codes[:, :-1].repeat(B, 1), memory, mem_pad)  # (B·N, L, d)
     total = torch.zeros(B * N, device=memory.device)
-    codes_np = item_codes.cpu().numpy()
-    for level in range(L):
-        pid = torch.from_numpy(sid_int(codes_np[:, :level], K) if level else np.zeros(N, np.int64)).to(memory.device)
-        lp = constrained_logp(model, o[:, level], level, pid.repeat(B), trie)
+    for level in range(trie.L):
+        lp = constrained_logp(model, o[:, level], level, trie.prefix_ids(item_codes, level).repeat(B), trie)
         total = total + lp.gather(1, item_codes[:, level].repeat(B)[:, None]).squeeze(1)
     return total.view(B, N)

@@ -29,10 +29,15 @@ def recall_ndcg(ranks: np.ndarray, ks=(5, 10, 20)) -> dict[str, float]:
 GROUPS = ("popular", "medium", "long_tail")
 
 
+def popularity_order(train_counts: np.ndarray) -> np.ndarray:
+    """Item indices by train frequency, most frequent first, ties by index."""
+    return np.lexsort((np.arange(len(train_counts)), -np.asarray(train_counts)))
+
+
 def popularity_groups(train_counts: np.ndarray, n_groups: int = 3) -> np.ndarray:
     """Group of every item (paper §4.3): items sorted by train frequency (most first, ties by index)
     and cut into `n_groups` groups of equal item counts: 0 = Popular, 1 = Medium, 2 = Long-tail."""
-    order = np.lexsort((np.arange(len(train_counts)), -np.asarray(train_counts)))
+    order = popularity_order(train_counts)
     group = np.empty(len(train_counts), dtype=np.int64)
     for g, part in enumerate(np.array_split(order, n_groups)):
         group[part] = g
@@ -50,4 +55,4 @@ def group_metrics(ranks: np.ndarray, targets: np.ndarray, item_group: np.ndarray
 
 def popularity_topk(train_counts: np.ndarray, k: int) -> np.ndarray:
     """The popularity baseline: the k most frequent train items (ties by index), same for everyone."""
-    return np.lexsort((np.arange(len(train_counts)), -np.asarray(train_counts)))[:k]
+    return popularity_order(train_counts)[:k]

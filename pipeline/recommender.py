@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -256,23 +255,18 @@ def ssa_loss(o: torch.Tensor, q_tgt: torch.Tensor, tags: torch.Tensor, reg: nn.M
 
 
 class PrismRecommender(nn.Module):
-    def __init__(self, cfg: RecConfig, item_codes: torch.Tensor, item_q: torch.Tensor | None = None,
-                 e_cont: torch.Tensor | None = None, e_collab: torch.Tensor | None = None,
-                 item_tags: torch.Tensor | None = None, n_children: torch.Tensor | None = None):
+    def __init__(self, cfg: RecConfig, item_codes: torch.Tensor, item_q: torch.Tensor, e_cont: torch.Tensor,
+                 e_collab: torch.Tensor, item_tags: torch.Tensor, n_children: torch.Tensor):
         """item_codes (N, L) final semantic IDs; item_q (N, L, d_cb) their codebook vectors;
         e_cont/e_collab item features (DSI); item_tags (N, L) (SSA); n_children (N, L): the trie
         branching factor N_l of each item's prefix c_<l (ATS). Item tables are fixed buffers."""
         super().__init__()
         self.cfg = cfg
         L, K = cfg.levels, cfg.codebook_size
-        self.register_buffer("item_codes", item_codes.long(), persistent=False)
-        N = len(item_codes)
-        zeros = lambda *s: torch.zeros(*s)  # noqa: E731
-        self.register_buffer("item_q", (item_q if item_q is not None else zeros(N, L, cfg.d_cb)).float(), persistent=False)
-        self.register_buffer("e_cont", (e_cont if e_cont is not None else zeros(N, max(cfg.d_cont, 1))).float(), persistent=False)
-        self.register_buffer("e_collab", (e_collab if e_collab is not None else zeros(N, max(cfg.d_collab, 1))).float(), persistent=False)
-        self.register_buffer("item_tags", (item_tags if item_tags is not None else torch.full((N, L), -1)).long(), persistent=False)
-        self.register_buffer("n_children", (n_children if n_children is not None else torch.ones(N, L)).float(), persistent=False)
+        for name, table in (("item_codes", item_codes.long()), ("item_q", item_q.float()), ("e_cont", e_cont.float()),
+                            ("e_collab", e_collab.float()), ("item_tags", item_tags.long()),
+                            ("n_children", n_children.float())):
+            self.register_buffer(name, table, persistent=False)
         self.embed = InputEmbedding(cfg)
         self.dsi = DynamicSemanticIntegration(cfg) if cfg.dsi else None
         self.drop = nn.Dropout(cfg.dropout)
@@ -345,8 +339,9 @@ class PrismRecommender(nn.Module):
         return ats_temperature(n_children, cfg.tau_min, cfg.tau_max, cfg.alpha, cfg.n_ref_value)
 
     # ---- Eq. 18
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """L_isr = L_gen + γ L_ssa (Eq. 18) for a batch of (history, target item)."""
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_isr = L_gen + γ L_ssa (Eq. 18) for a batch of (history, target item); the parts come
+        back detached, on the device (no host sync per step)."""
         memory, mem_pad = self.encode(batch["hist"], batch["pad"], batch["dt"])
         tgt = batch["target"]
         codes = self.item_codes[tgt]
@@ -360,20 +355,5 @@ class PrismRecommender(nn.Module):
             parts["ssa"] = l_ssa
             total = total + self.cfg.gamma * l_ssa
         parts["total"] = total
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return total, {k: v.detach() for k, v in parts.items()}
 
-
-def item_tables(codes: np.ndarray, trie: dict) -> np.ndarray:
-    """Branching factor N_l of each item's prefix c_<l (the trie's child counts), (N, L)."""
-    from .dedup import sid_int
-
-    K = int(trie["K"])
-    L = codes.shape[1]
-    out = np.zeros(codes.shape, dtype=np.float32)
-    for l in range(1, L + 1):
-        prefix = sid_int(codes[:, : l - 1], K) if l > 1 else np.zeros(len(codes), np.int64)
-        pref = trie[f"prefix_{l}"].numpy()
-        indptr = trie[f"indptr_{l}"].numpy()
-        r = np.searchsorted(pref, prefix)
-        out[:, l - 1] = indptr[r + 1] - indptr[r]
-    return out

@@ -34,7 +34,6 @@ class SeqData:
     times: np.ndarray  # flat unix times
     start: np.ndarray  # per sample
     end: np.ndarray  # per sample: position of the target
-    user: np.ndarray  # per sample: user index
 
     def __len__(self) -> int:
         return len(self.end)
@@ -58,8 +57,7 @@ class SeqData:
         end = np.concatenate([np.arange(f + 1, f + n) for f, n in zip(first, lens)]) if len(lens) else np.zeros(0, np.int64)
         user_first = np.repeat(first, np.maximum(lens - 1, 0))
         start = np.maximum(user_first, end - max_len)
-        user = np.repeat(train["user"].to_numpy(), np.maximum(lens - 1, 0))
-        return cls(items, times, start.astype(np.int64), end.astype(np.int64), user.astype(np.int64))
+        return cls(items, times, start.astype(np.int64), end.astype(np.int64))
 
     @classmethod
     def from_heldout(cls, df: pd.DataFrame, max_len: int) -> "SeqData":
@@ -69,7 +67,7 @@ class SeqData:
         items = np.concatenate([np.append(h, t) for h, t in zip(hists, df["target"].to_numpy())]).astype(np.int64)
         times = np.concatenate([np.append(h, t) for h, t in zip(htimes, df["target_time"].to_numpy())]).astype(np.int64)
         start = np.concatenate([[0], np.cumsum(lens + 1)[:-1]]).astype(np.int64)
-        return cls(items, times, start, start + lens, df["user"].to_numpy().astype(np.int64))
+        return cls(items, times, start, start + lens)
 
     def batch(self, idx: np.ndarray, n_buckets: int, device: str = "cpu") -> dict[str, torch.Tensor]:
         """Histories padded (right) to the longest in the batch, Δt buckets and targets."""

@@ -65,7 +65,8 @@ def rank(model, data: SeqData, idx: np.ndarray, trie: TrieIndex, beam: int, topk
     """Top-k item lists (n, topk) for the samples `idx`, by trie-constrained beam search."""
     model.eval()
     out = []
-    order = idx[np.argsort(data.lengths[idx], kind="stable")]  # similar lengths per batch
+    perm = np.argsort(data.lengths[idx], kind="stable")  # similar lengths per batch
+    order = idx[perm]
     steps = range(0, len(order), batch)
     for s in (tqdm(steps, desc=progress, leave=False) if progress else steps):
         b = data.batch(order[s:s + batch], model.cfg.time_buckets, device)
@@ -74,8 +75,56 @@ def rank(model, data: SeqData, idx: np.ndarray, trie: TrieIndex, beam: int, topk
         out.append(items.cpu().numpy())
     ranked = np.concatenate(out) if out else np.zeros((0, topk), np.int64)
     res = np.empty_like(ranked)
-    res[np.argsort(data.lengths[idx], kind="stable")] = ranked  # back to the order of idx
+    res[perm] = ranked  # back to the order of idx
     return res
+
+
+@torch.no_grad()
+def batch1_latency_ms(model, data: SeqData, trie: TrieIndex, beam: int, topk: int, n: int, device: str,
+                      amp: str = "auto", warmup: int = 3) -> float:
+    """Mean wall time of one user's beam search at batch size 1 (paper §4.7), after `warmup` runs."""
+    idx = np.arange(min(n, len(data)))
+    model.eval()
+    times = []
+    for j, i in enumerate(np.concatenate([idx[:warmup], idx])):
+        b = data.batch(np.array([i]), model.cfg.time_buckets, device)
+        sync_device(device)
+        t0 = time.perf_counter()
+        with autocast(device, amp):
+            beam_search(model, b, trie, beam, topk)
+        sync_device(device)
+        if j >= warmup:
+            times.append(time.perf_counter() - t0)
+    return 1000 * float(np.mean(times)) if times else 0.0
+
+
+def sync_device(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def train_step(model, opt, batch: dict[str, torch.Tensor], device: str, amp: str, grad_clip: float):
+    """One optimizer step on L_isr (Eq. 18); returns the detached loss parts."""
+    with autocast(device, amp):
+        loss, parts = model.loss(batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return parts
+
+
+def stop_reason(state: dict, cfg: FitConfig, budget_s: float) -> str | None:
+    """Why training ends now, or None: the budget is spent, `patience` epochs without a better
+    valid NDCG@20, or `max_epochs` reached (checked before every epoch, resumes included)."""
+    if state["train_s"] >= budget_s:
+        return "time_budget"
+    if state["epoch"] and state["epoch"] - state["best_epoch"] >= cfg.patience:
+        return "patience"
+    if state["epoch"] >= cfg.max_epochs:
+        return "max_epochs"
+    return None
 
 
 def evaluate_split(model, data, idx, trie, beam, batch, device, amp="auto", ks=(5, 10, 20), progress=None):
@@ -121,7 +170,6 @@ def fit(model, train: SeqData, valid: SeqData, trie: TrieIndex, cfg: FitConfig, 
             rng.bit_generator.state = ck["numpy_rng"]
             torch.set_rng_state(ck["torch_rng"])
             state = ck["state"]
-            state["stopped"] = None  # the stopping rules are checked again (e.g. a larger budget)
             best_state = torch.load(ckpt_dir / "best.pt", weights_only=False)
             log.info("train: resumed from %s after epoch %d (best valid NDCG@20 %.4f at epoch %d)",
                      last, state["epoch"], state["best"], state["best_epoch"])
@@ -129,15 +177,9 @@ def fit(model, train: SeqData, valid: SeqData, trie: TrieIndex, cfg: FitConfig, 
             log.info("train: %s is from other params or data; starting over", last)
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min > 0 else float("inf")
     epochs_this_call = 0
-    while state["stopped"] is None:
-        if state["epoch"] >= cfg.max_epochs:
-            state["stopped"] = "max_epochs"
-            break
-        if state["train_s"] >= budget_s:
-            state["stopped"] = "time_budget"
-            break
-        if state["epoch"] and state["epoch"] - state["best_epoch"] >= cfg.patience:
-            state["stopped"] = "patience"
+    while True:
+        state["stopped"] = stop_reason(state, cfg, budget_s)  # also re-checked on resume (a larger budget)
+        if state["stopped"] or (stop_after is not None and epochs_this_call >= stop_after):
             break
         epoch = state["epoch"] + 1
         model.train()
@@ -145,20 +187,15 @@ def fit(model, train: SeqData, valid: SeqData, trie: TrieIndex, cfg: FitConfig, 
         batches = epoch_batches(len(train), cfg.batch_size, rng, train.lengths, cfg.bucket)
         sums, n_seen, partial = {}, 0, False
         bar = tqdm(batches, desc=f"train epoch {epoch}", leave=False)
-        for idx in bar:
-            b = train.batch(idx, model.cfg.time_buckets, device)
-            with autocast(device, cfg.amp):
-                loss, parts = model.loss(b)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+        for step, idx in enumerate(bar):
+            parts = train_step(model, opt, train.batch(idx, model.cfg.time_buckets, device), device, cfg.amp,
+                               cfg.grad_clip)
             sched.step()
-            for k, v in parts.items():
+            for k, v in parts.items():  # summed on the device: no host sync per step
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
             n_seen += len(idx)
-            bar.set_postfix(loss=f"{parts['total']:.3f}")
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{float(parts['total']):.3f}")
             if state["train_s"] + time.time() - t0 >= budget_s:
                 partial = True
                 break
@@ -167,7 +204,7 @@ def fit(model, train: SeqData, valid: SeqData, trie: TrieIndex, cfg: FitConfig, 
         t1 = time.time()
         metrics, _ = evaluate_split(model, valid, vidx, trie, cfg.beam_size, cfg.eval_batch, device, cfg.amp)
         row = {"epoch": epoch, "fraction": round(n_seen / len(train), 4),
-               **{f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()},
+               **{f"train_{k}": float(v) / max(n_seen, 1) for k, v in sums.items()},
                **{f"valid_{k}": v for k, v in metrics.items()},
                "lr": opt.param_groups[0]["lr"], "train_s": round(train_s, 1),
                "samples_per_s": round(n_seen / max(train_s, 1e-9), 1), "valid_s": round(time.time() - t1, 1)}
@@ -182,20 +219,12 @@ def fit(model, train: SeqData, valid: SeqData, trie: TrieIndex, cfg: FitConfig, 
                  epoch, " (partial: time budget)" if partial else "", row.get("train_total", float("nan")),
                  metrics["recall@20"], metrics["ndcg@20"], state["best"], state["best_epoch"],
                  row["samples_per_s"], row["train_s"] + row["valid_s"])
-        if partial or state["train_s"] >= budget_s:
-            state["stopped"] = "time_budget"
-        elif epoch - state["best_epoch"] >= cfg.patience:
-            state["stopped"] = "patience"
-        elif epoch >= cfg.max_epochs:
-            state["stopped"] = "max_epochs"
         if ckpt_dir is not None:
             write_torch(ckpt_dir / "best.pt", best_state)
             write_torch(last, {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
                                "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
                                "torch_rng": torch.get_rng_state(), "state": state})
         epochs_this_call += 1
-        if stop_after is not None and epochs_this_call >= stop_after and state["stopped"] is None:
-            break
     info = {"epochs": state["epoch"], "best_epoch": state["best_epoch"], "best_valid_ndcg@20": state["best"],
             "stopped": state["stopped"], "train_wall_s": round(state["train_s"], 1),
             "valid_users_per_epoch": int(len(vidx)), "steps_per_epoch": steps_per_epoch}

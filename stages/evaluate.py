@@ -10,36 +10,16 @@ import torch
 import typer
 
 from pipeline.assets import build_model, load_assets
-from pipeline.beam import TrieIndex, beam_search
+from pipeline.beam import TrieIndex
 from pipeline.metrics import group_metrics, popularity_groups, popularity_topk, recall_ndcg, target_ranks
 from pipeline.recommender import RecConfig
 from pipeline.seqdata import SeqData
-from pipeline.train_rec import autocast, rank
+from pipeline.train_rec import batch1_latency_ms, rank
 from pipeline.utils import atomic_path, resolve_device, seed_everything, write_json, write_parquet
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
 
 KS = (5, 10, 20)
-
-
-@torch.no_grad()
-def batch1_latency_ms(model, data: SeqData, trie: TrieIndex, beam: int, n: int, device: str, amp: str) -> float:
-    """Mean wall time of one user's beam search at batch size 1 (paper §4.7), after 3 warm-ups."""
-    idx = np.arange(min(n, len(data)))
-    model.eval()
-    times = []
-    for j, i in enumerate(np.concatenate([idx[:3], idx])):
-        b = data.batch(np.array([i]), model.cfg.time_buckets, device)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with autocast(device, amp):
-            beam_search(model, b, trie, beam, max(KS))
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if j >= 3:
-            times.append(time.perf_counter() - t0)
-    return 1000 * float(np.mean(times)) if times else 0.0
 
 
 @stage
@@ -73,6 +53,7 @@ def evaluate_cmd(
     pop_top = popularity_topk(counts, max(KS))
     out: dict = {"params": model.n_params(), "beam_size": beam, "n_items": len(a.items)}
     rows, group_rows = [], []
+    asins = a.items["asin"].to_numpy()
     for split, df in (("valid", a.valid), ("test", a.test)):
         d = SeqData.from_heldout(df, cfg.max_len)
         idx = np.arange(len(d))
@@ -87,19 +68,16 @@ def evaluate_cmd(
         if split == "test":
             out["test_groups"] = group_metrics(ranks, d.targets, item_group)
             out["test_groups_popularity_baseline"] = group_metrics(pop_ranks, d.targets, item_group)
-            for g, gp in zip(out["test_groups"], out["test_groups_popularity_baseline"]):
-                group_rows += [{"group": g["group"], "model": "recommender", "n": g["n"],
-                                "recall@10": g["recall@10"], "ndcg@10": g["ndcg@10"]},
-                               {"group": gp["group"], "model": "popularity", "n": gp["n"],
-                                "recall@10": gp["recall@10"], "ndcg@10": gp["ndcg@10"]}]
-        asins = a.items["asin"].to_numpy()
+            for name, key in (("recommender", "test_groups"), ("popularity", "test_groups_popularity_baseline")):
+                group_rows += [{"group": g["group"], "model": name, "n": g["n"], "recall@10": g["recall@10"],
+                                "ndcg@10": g["ndcg@10"]} for g in out[key]]
+            latency = batch1_latency_ms(model, d, trie, beam, max(KS), p["evaluate.latency_users"], device, amp)
         rows.append(pd.DataFrame({
             "split": split, "user": df["user"].to_numpy(), "user_id": df["user_id"].to_numpy(),
             "target": asins[d.targets], "rank": ranks,
             "topk": [list(asins[r[r >= 0]]) for r in top],
         }))
-    out["latency_ms_batch1"] = round(batch1_latency_ms(model, SeqData.from_heldout(a.test, cfg.max_len), trie, beam,
-                                                       p["evaluate.latency_users"], device, amp), 2)
+    out["latency_ms_batch1"] = round(latency, 2)
     out["device"] = device
     write_parquet(predictions, pd.concat(rows, ignore_index=True))
     write_json(metrics, out)

@@ -12,7 +12,7 @@ import torch
 from pipeline.beam import TrieIndex, beam_search, score_all_items
 from pipeline.dedup import build_trie
 from pipeline.metrics import group_metrics, popularity_groups, popularity_topk, recall_ndcg, target_ranks
-from pipeline.recommender import PrismRecommender, RecConfig, ats_temperature, item_tables
+from pipeline.recommender import PrismRecommender, RecConfig, ats_temperature
 from pipeline.seqdata import SeqData, dt_bucket, epoch_batches
 from pipeline.train_rec import FitConfig, fit
 
@@ -37,7 +37,7 @@ def world():
     tags = np.stack([rng.integers(-1, n, N) for n in (3, 5, 7)], 1)
     tensors = dict(item_codes=torch.from_numpy(codes), item_q=torch.randn(N, L, 4),
                    e_cont=torch.randn(N, D_CONT), e_collab=torch.randn(N, D_COL), item_tags=torch.from_numpy(tags),
-                   n_children=torch.from_numpy(item_tables(codes, trie)))
+                   n_children=TrieIndex(trie).item_branching(torch.from_numpy(codes)))
     users = 24
     train = pd.DataFrame({"user": np.arange(users), "items": [list(rng.integers(0, N, 7)) for _ in range(users)],
                           "times": [list(np.sort(rng.integers(0, 400, 7)) * DAY) for _ in range(users)]})
@@ -65,7 +65,7 @@ def test_ats_temperature_eq16():
 
 def test_item_tables_are_trie_branching_factors(world):
     codes, trie, *_ = world
-    nc = item_tables(codes, trie)
+    nc = TrieIndex(trie).item_branching(torch.from_numpy(codes)).numpy()
     assert (nc[:, 0] == len(np.unique(codes[:, 0]))).all()
     for i in range(N):
         same2 = (codes[:, 0] == codes[i, 0])
@@ -99,7 +99,7 @@ def loss_parts(m, world, seed=0):
     m.eval()
     torch.manual_seed(seed)
     _, parts = m.loss(b)
-    return parts
+    return {k: float(v) for k, v in parts.items()}
 
 
 def copy_into(src, dst):
