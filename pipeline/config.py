@@ -3,6 +3,11 @@
 DVC re-runs a stage when one of the params it *declares* changes, so a stage that reads a key it
 does not declare would go stale silently. `Params` records every key read; the test suite compares
 that record with `dvc.yaml` for every stage.
+
+params.yaml is read with the YAML 1.2 rules that DVC writes it with (ruamel.yaml, which DVC depends
+on): `off`/`on`/`yes`/`no` are plain strings and `1e-3` is a number, whether bare or quoted, in the
+file, through `dvc exp run -S` (which re-serialises the whole file) or through `prism <stage> -S`.
+PyYAML's YAML 1.1 would read a bare `off` as False and `1e-3` as a string.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
+from ruamel.yaml import YAML
 
 
 class ParamsError(KeyError):
@@ -47,11 +52,16 @@ class Params:
         return self._data
 
 
+def yaml12_load(text: str) -> Any:
+    """Parse YAML text with the YAML 1.2 core schema, as DVC does (safe loader, no custom tags)."""
+    return YAML(typ="safe", pure=True).load(text)
+
+
 def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ValueError(f"--set expects KEY=VALUE, got '{item}'")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    return key.strip(), yaml12_load(raw) if raw.strip() else ""
 
 
 def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
@@ -61,7 +71,7 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
         raise FileNotFoundError(
             f"{path}: params file not found. Run from the project root or pass --params PATH."
         )
-    data = yaml.safe_load(path.read_text()) or {}
+    data = yaml12_load(path.read_text()) or {}
     for item in overrides:
         key, value = _parse_override(item)
         node = data

@@ -35,11 +35,12 @@ def load_model(name: str, device: str):
     from sentence_transformers import SentenceTransformer
 
     target = resolve_model(name)
+    # HF_HUB_OFFLINE=1 is honoured when read now, not only when huggingface_hub was imported
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     local = Path(target).is_dir()
     try:
-        return SentenceTransformer(target, device=device, local_files_only=local)
+        return SentenceTransformer(target, device=device, local_files_only=local or offline)
     except Exception as exc:  # network / hub / missing weights
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise RuntimeError(
             f"could not load embedding model '{name}' ({type(exc).__name__}: {exc}).\n"
             f"'{name}' is fetched from the Hugging Face hub, which needs network"

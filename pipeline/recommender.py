@@ -40,6 +40,13 @@ class RecConfig:
     dec_layers: int = 4
     dropout: float = 0.1
     max_len: int = 20  # history items
+    # encoder: "bidirectional" (the paper's T5 encoder; P_seq counts from the most recent item, Δt is
+    # the age before it) or "causal" (prefix-parallel training, docs/design.md: P_seq counts from the
+    # oldest item, Δt is the gap to the previous item, each position sees only older items)
+    encoder: str = "bidirectional"
+    # causal only: a learned per-head bias on the decoder's cross-attention by recency (how many
+    # items before the newest one the decoder may see), so that it knows which item is the latest
+    recency_bias: bool = False
     # Eq. 10: time-interval embedding (`dt` switch); log2-day buckets of each item's age
     dt: bool = True
     time_buckets: int = 16
@@ -64,6 +71,14 @@ class RecConfig:
     tau_max: float = 1.0
     alpha: float = 0.5
     n_ref: float = 0.0  # 0 -> sqrt(|I|) / 2 (paper §4.1)
+
+    def __post_init__(self):
+        if self.encoder not in ("bidirectional", "causal"):
+            raise ValueError(f"recommender.encoder must be 'bidirectional' or 'causal', got '{self.encoder}'")
+
+    @property
+    def causal(self) -> bool:
+        return self.encoder == "causal"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -94,7 +109,10 @@ def ats_temperature(n_children: torch.Tensor, tau_min: float, tau_max: float, al
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: RecConfig, cross: bool = False):
+    """Multi-head attention; `mask` is boolean, True = may attend, broadcastable to (B, heads, Tq, Tk).
+    The projections are separate methods so that decoding can cache keys and values."""
+
+    def __init__(self, cfg: RecConfig):
         super().__init__()
         inner = cfg.n_heads * cfg.d_head
         self.h, self.dh = cfg.n_heads, cfg.d_head
@@ -103,16 +121,23 @@ class Attention(nn.Module):
         self.o = nn.Linear(inner, cfg.d_model, bias=False)
         self.drop = cfg.dropout
 
-    def forward(self, x, ctx, key_pad: torch.Tensor | None = None, causal: bool = False):
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.h, self.dh).transpose(1, 2)
-        k, v = self.kv(ctx).view(B, ctx.shape[1], 2, self.h, self.dh).permute(2, 0, 3, 1, 4)
-        mask = None
-        if key_pad is not None:  # True = padding -> not attended
-            mask = ~key_pad[:, None, None, :]
+        return self.q(x).view(B, T, self.h, self.dh).transpose(1, 2)
+
+    def keys_values(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, _ = ctx.shape
+        k, v = self.kv(ctx).view(B, T, 2, self.h, self.dh).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def attend(self, q, k, v, mask=None, causal: bool = False):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                            dropout_p=self.drop if self.training else 0.0)
+        B, _, T, _ = y.shape
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
+
+    def forward(self, x, ctx, mask=None, causal: bool = False):
+        return self.attend(self.heads(x), *self.keys_values(ctx), mask, causal)
 
 
 class Block(nn.Module):
@@ -128,16 +153,35 @@ class Block(nn.Module):
                                 nn.Linear(cfg.d_ff, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, pad=None, memory=None, mem_pad=None, causal=False):
+    def forward(self, x, mask=None, causal: bool = False, cross_kv=None, cross_mask=None):
         h = self.n1(x)
-        x = x + self.drop(self.att(h, h, pad, causal))
+        x = x + self.drop(self.att(h, h, mask, causal))
         if self.cross is not None:
-            # beams of one user share its memory: fold them into the query length (exact for
-            # cross-attention, and the memory's keys/values are computed once per user)
-            B, nb, t = len(memory), len(x) // len(memory), x.shape[1]
-            y = self.cross(self.n2(x).reshape(B, nb * t, -1), memory, mem_pad)
-            x = x + self.drop(y.reshape(B * nb, t, -1))
+            x = x + self.drop(self.cross_attend(self.n2(x), cross_kv, cross_mask))
         return x + self.drop(self.ff(self.n3(x)))
+
+    def cross_attend(self, h, kv, mask):
+        """Cross-attention of h (B·nb, t, d) to the memory keys/values kv (B, heads, T, dh) of B
+        users: the nb queries of one user (beams, or targets of one window) share its memory, so
+        they are folded into the query length (exact; the memory is projected once per user).
+        mask: (B, 1, 1 or nb·t, T), True = may attend."""
+        k, v = kv
+        B = len(k)
+        nb, t = len(h) // B, h.shape[1]
+        y = self.cross.attend(self.cross.heads(h.reshape(B, nb * t, -1)), k, v, mask)
+        return y.reshape(B * nb, t, -1)
+
+    def step(self, x, cache, cross_kv, cross_mask):
+        """Incremental decoding (eval): x (M, 1, d) is the newest token, cache the self-attention
+        keys/values (M, heads, t, dh) of the earlier ones (None at the first token). Returns the
+        new state and the extended cache."""
+        h = self.n1(x)
+        k, v = self.att.keys_values(h)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+        x = x + self.att.attend(self.att.heads(h), k, v)
+        x = x + self.cross_attend(self.n2(x), cross_kv, cross_mask)
+        return x + self.ff(self.n3(x)), (k, v)
 
 
 # ------------------------------------------------------------------- Eq. 10-14: inputs
@@ -276,6 +320,10 @@ class PrismRecommender(nn.Module):
         self.decoder = nn.ModuleList(Block(cfg, cross=True) for _ in range(cfg.dec_layers))
         self.dec_norm = nn.LayerNorm(cfg.d_model)
         self.out = nn.Parameter(torch.randn(L, K, cfg.d_model) * cfg.d_model ** -0.5)  # w_j per level
+        if cfg.recency_bias:
+            if not cfg.causal:
+                raise ValueError("recommender.recency_bias needs recommender.encoder: causal")
+            self.cross_bias = nn.Parameter(torch.zeros(cfg.n_heads, cfg.max_len))  # 0: starts as no bias
         if cfg.ssa:
             self.ssa_reg = nn.ModuleList(nn.Linear(cfg.d_model, cfg.d_cb) for _ in range(L))
             self.ssa_cls = nn.ModuleList(nn.Linear(cfg.d_model, max(n, 1)) for n in cfg.n_tags)
@@ -296,40 +344,108 @@ class PrismRecommender(nn.Module):
     # ---- encoder
     def encode(self, hist: torch.Tensor, pad: torch.Tensor, dt_bucket: torch.Tensor):
         """hist (B, H) item indices (chronological, right-padded), pad (B, H) True at padding,
-        dt_bucket (B, H). Returns memory (B, H·L, d) and its padding mask."""
+        dt_bucket (B, H). Returns memory (B, H·L, d) and its padding mask. Bidirectional: every
+        token attends to every real token, P_seq counts from the most recent item (i = 0). Causal:
+        the tokens of item i attend to the tokens of items 0..i, P_seq counts from the oldest, so
+        the state of item i is the same whatever follows it (prefix-parallel training)."""
         B, H = hist.shape
         L = self.cfg.levels
         items = hist.clamp(min=0)
-        lengths = (~pad).sum(1, keepdim=True)
-        pos = (lengths - 1 - torch.arange(H, device=hist.device)).clamp(min=0)  # recency position
+        ar = torch.arange(H, device=hist.device)
+        if self.cfg.causal:
+            pos = ar.expand(B, H)
+        else:
+            lengths = (~pad).sum(1, keepdim=True)
+            pos = (lengths - 1 - ar).clamp(min=0)  # recency position
         e = self.embed(self.item_codes[items], pos, dt_bucket)  # (B, H, L, d)
         if self.dsi is not None:
             e = self.dsi(e, self.e_cont[items], self.e_collab[items], self.item_q[items])
         x = self.drop(e.reshape(B, H * L, -1))
         mem_pad = pad[:, :, None].expand(B, H, L).reshape(B, H * L)
+        if self.cfg.causal:
+            it = torch.arange(H * L, device=hist.device) // L
+            mask = (it[None, :] <= it[:, None])[None, None]  # right padding never precedes a real item
+        else:
+            mask = ~mem_pad[:, None, None, :]
         for blk in self.encoder:
-            x = blk(x, mem_pad)
+            x = blk(x, mask)
         return self.enc_norm(x), mem_pad
 
     # ---- decoder
-    def decode(self, prefix: torch.Tensor, memory: torch.Tensor, mem_pad: torch.Tensor) -> torch.Tensor:
-        """prefix (B·nb, t) level codes of the first t target tokens (t < L), nb beams per user of
-        `memory` (B, T, d). Returns o (B·nb, t+1, d): o_l for l = 1..t+1, the states that predict
-        token l (Eq. 15, 17)."""
+    def _dec_tokens(self, prefix: torch.Tensor) -> torch.Tensor:
+        """BOS then the level-offset ids of the prefix codes (the decoder's input tokens)."""
         B, t = prefix.shape
         cfg = self.cfg
         bos = torch.full((B, 1), cfg.levels * cfg.codebook_size + 1, device=prefix.device, dtype=torch.long)
-        tok = torch.cat([bos, prefix + torch.arange(t, device=prefix.device) * cfg.codebook_size], 1)
-        x = self.drop(self.embed.tok(tok) + self.dec_pos.weight[: t + 1])
+        return torch.cat([bos, prefix + torch.arange(t, device=prefix.device) * cfg.codebook_size], 1)
+
+    def decode(self, prefix: torch.Tensor, memory: torch.Tensor, mem_pad: torch.Tensor,
+               cross_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """prefix (B·nb, t) level codes of the first t target tokens (t < L), nb queries per user of
+        `memory` (B, T, d). Returns o (B·nb, t+1, d): o_l for l = 1..t+1, the states that predict
+        token l (Eq. 15, 17). `cross_mask` (B, 1, nb·(t+1), T) restricts each query's memory
+        (default: all real memory tokens)."""
+        t = prefix.shape[1]
+        x = self.drop(self.embed.tok(self._dec_tokens(prefix)) + self.dec_pos.weight[: t + 1])
+        if cross_mask is None:
+            cross_mask = self.memory_mask(mem_pad)
         for blk in self.decoder:
-            x = blk(x, None, memory, mem_pad, causal=True)
+            x = blk(x, None, True, blk.cross.keys_values(memory), cross_mask)
         return self.dec_norm(x)
 
+    def memory_mask(self, mem_pad: torch.Tensor, slot: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-attention mask of the decoder over the memory (B, T·L): every real memory token
+        (slot None), or, per query token, only the tokens of history items 0..slot[q] (prefix-
+        parallel windows). Boolean (B, 1, 1 or Tq, T·L); with `recency_bias` a float mask instead,
+        −inf where not allowed and else a learned per-head bias by the key item's distance from
+        the newest item the query may see: (B, heads, 1 or Tq, T·L)."""
+        L = self.cfg.levels
+        it = torch.arange(mem_pad.shape[1], device=mem_pad.device) // L  # memory token -> history item
+        if slot is None:
+            allowed = ~mem_pad[:, None, :]  # (B, 1, Tk)
+            newest = (~mem_pad).sum(1, keepdim=True) // L - 1  # (B, 1)
+            dist = (newest - it[None, :])[:, None, :]  # (B, 1, Tk)
+        else:
+            allowed = (it[None, :] <= slot[:, None])[None] & ~mem_pad[:, None, :]  # (B, Tq, Tk)
+            dist = (slot[:, None] - it[None, :])[None]  # (1, Tq, Tk)
+        if not self.cfg.recency_bias:
+            return allowed[:, None]
+        bias = self.cross_bias.t()[dist.clamp(0, self.cfg.max_len - 1)].permute(0, 3, 1, 2)  # (B|1, h, Tq, Tk)
+        return bias.masked_fill(~allowed[:, None], float("-inf"))
+
+    def start_decoding(self, memory: torch.Tensor, mem_pad: torch.Tensor) -> dict:
+        """State for incremental decoding (beam search): the memory's keys/values per decoder layer,
+        computed once per user, and empty self-attention caches."""
+        return {"cross": [blk.cross.keys_values(memory) for blk in self.decoder],
+                "mask": self.memory_mask(mem_pad), "cache": [None] * len(self.decoder), "B": len(memory)}
+
+    def decode_next(self, state: dict, level: int, prev_codes: torch.Tensor | None = None,
+                    parent: torch.Tensor | None = None) -> torch.Tensor:
+        """o_{level+1} (M, d) for M = B·nb beams, feeding one new token per beam: BOS at level 0,
+        else the beam's level-(level−1) code `prev_codes` (M,). `parent` (M,) maps each beam to its
+        row in the previous step (beam reordering); the caches follow it. Same result as `decode`
+        on the whole prefix, at a third of the work for L = 3 (eval only: no dropout)."""
+        cfg = self.cfg
+        if level == 0:
+            tok = torch.full((state["B"],), cfg.levels * cfg.codebook_size + 1, dtype=torch.long,
+                             device=state["mask"].device)
+        else:
+            tok = prev_codes + (level - 1) * cfg.codebook_size
+        if parent is not None:
+            state["cache"] = [(k.index_select(0, parent), v.index_select(0, parent)) for k, v in state["cache"]]
+        x = (self.embed.tok(tok) + self.dec_pos.weight[level])[:, None]
+        for i, blk in enumerate(self.decoder):
+            x, state["cache"][i] = blk.step(x, state["cache"][i], state["cross"][i], state["mask"])
+        return self.dec_norm(x)[:, 0]
+
     def logits(self, o: torch.Tensor, level: int | None = None) -> torch.Tensor:
-        """w_j·o_l over the full vocabulary of each level: o (B, t, d) -> (B, t, K)."""
-        if level is None:
-            return torch.einsum("btd,tkd->btk", o, self.out[: o.shape[1]])
-        return o @ self.out[level].T
+        """w_j·o_l over the full vocabulary of each level, always in fp32 (bf16 logits would reorder
+        near-ties in ranking): o (B, t, d) -> (B, t, K), or o (B, d) -> (B, K) for one `level`."""
+        with torch.autocast(device_type=o.device.type, enabled=False):
+            o = o.float()
+            if level is None:
+                return torch.einsum("btd,tkd->btk", o, self.out[: o.shape[1]].float())
+            return o @ self.out[level].float().T
 
     def temperature(self, n_children: torch.Tensor) -> torch.Tensor:
         """τ_gen(N_l) (Eq. 16), or 1 when ATS is off."""
@@ -339,13 +455,31 @@ class PrismRecommender(nn.Module):
         return ats_temperature(n_children, cfg.tau_min, cfg.tau_max, cfg.alpha, cfg.n_ref_value)
 
     # ---- Eq. 18
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L_isr = L_gen + γ L_ssa (Eq. 18) for a batch of (history, target item); the parts come
-        back detached, on the device (no host sync per step)."""
+    def _window_states(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix-parallel teacher forcing (causal encoder): one encoder pass per window; target
+        slot j (the item after history position j) attends only to the memory of items 0..j.
+        Returns o (M, L, d) and the target items (M,) of the M trained slots."""
         memory, mem_pad = self.encode(batch["hist"], batch["pad"], batch["dt"])
         tgt = batch["target"]
+        B, T = tgt.shape
+        L = self.cfg.levels
+        codes = self.item_codes[tgt]  # (B, T, L)
+        slot = torch.arange(T * L, device=tgt.device) // L  # decoder query token -> target slot
+        o = self.decode(codes[:, :, :-1].reshape(B * T, L - 1), memory, mem_pad, self.memory_mask(mem_pad, slot))
+        sel = batch["tmask"].reshape(-1)
+        return o[sel], tgt.reshape(-1)[sel]
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_isr = L_gen + γ L_ssa (Eq. 18), mean over the batch's (history, target item) samples:
+        one per row (bidirectional) or every trained slot of every window (causal, `tmask` in the
+        batch). The parts come back detached, on the device (no host sync per step)."""
+        if "tmask" in batch:
+            o, tgt = self._window_states(batch)
+        else:
+            memory, mem_pad = self.encode(batch["hist"], batch["pad"], batch["dt"])
+            tgt = batch["target"]
+            o = self.decode(self.item_codes[tgt][:, :-1], memory, mem_pad)  # teacher forcing: (B, L, d)
         codes = self.item_codes[tgt]
-        o = self.decode(codes[:, :-1], memory, mem_pad)  # teacher forcing: (B, L, d)
         tau = self.temperature(self.n_children[tgt])
         l_gen = generation_loss(self.logits(o), codes, tau)
         parts = {"gen": l_gen}
@@ -356,4 +490,3 @@ class PrismRecommender(nn.Module):
             total = total + self.cfg.gamma * l_ssa
         parts["total"] = total
         return total, {k: v.detach() for k, v in parts.items()}
-

@@ -7,6 +7,15 @@ target in them and the position `start` of its oldest history item (history = fl
 - valid/test: the stored (already truncated) history and the held-out target.
 Batches are padded only to their longest history; `bucket=True` sorts samples by length within
 chunks of 50 batches (then shuffles the batches), so little compute goes to padding.
+
+Prefix-parallel training (`recommender.encoder: causal`, docs/design.md) uses `Windows` instead:
+one window of up to `max_len + 1` consecutive items of a user trains all the prefixes inside it in
+one pass (a causal encoder, each target attending only to its own prefix). The samples are the
+same (prefix -> next item pairs, history left-truncated): a user's first window holds targets
+1..max_len with their exact prefixes; longer sequences get further windows every `stride` items,
+each training only its last `stride` targets, so every target is trained exactly once with at
+least `max_len - stride + 1` history items (exactly its `max_len` most recent ones when the
+sequence is no longer than max_len + 1, which is the common case).
 """
 
 from __future__ import annotations
@@ -18,6 +27,14 @@ import pandas as pd
 import torch
 
 SECONDS_PER_DAY = 86400
+
+
+def dt_gaps(times: np.ndarray, pad: np.ndarray) -> np.ndarray:
+    """Causal Δt_i (docs/design.md): the gap between item i and item i−1 of the same history, in
+    seconds; 0 for the first item (the history has no older item) and for padding."""
+    gap = np.zeros_like(times)
+    gap[:, 1:] = times[:, 1:] - times[:, :-1]
+    return np.where(pad, 0, gap)
 
 
 def dt_bucket(age_seconds: np.ndarray, n_buckets: int) -> np.ndarray:
@@ -69,8 +86,10 @@ class SeqData:
         start = np.concatenate([[0], np.cumsum(lens + 1)[:-1]]).astype(np.int64)
         return cls(items, times, start, start + lens)
 
-    def batch(self, idx: np.ndarray, n_buckets: int, device: str = "cpu") -> dict[str, torch.Tensor]:
-        """Histories padded (right) to the longest in the batch, Δt buckets and targets."""
+    def batch(self, idx: np.ndarray, n_buckets: int, device: str = "cpu", causal: bool = False) -> dict[str, torch.Tensor]:
+        """Histories padded (right) to the longest in the batch, Δt buckets and targets. Δt is each
+        item's age before the most recent history item (bidirectional encoder) or, with `causal`,
+        the gap to the previous history item (`dt_gaps`)."""
         s, e = self.start[idx], self.end[idx]
         lens = e - s
         H = int(lens.max())
@@ -78,8 +97,11 @@ class SeqData:
         pad = pos >= e[:, None]
         pos = np.minimum(pos, e[:, None] - 1)
         hist = np.where(pad, -1, self.items[pos])
-        age = self.times[e - 1][:, None] - self.times[pos]
-        dt = np.where(pad, 0, dt_bucket(age, n_buckets))
+        if causal:
+            dt = dt_bucket(dt_gaps(self.times[pos], pad), n_buckets)
+        else:
+            age = self.times[e - 1][:, None] - self.times[pos]
+            dt = np.where(pad, 0, dt_bucket(age, n_buckets))
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
         return {"hist": t(hist), "pad": t(pad), "dt": t(dt), "target": t(self.items[e])}
 
@@ -96,5 +118,92 @@ def epoch_batches(n: int, batch_size: int, rng: np.random.Generator, lengths: np
         part = perm[c:c + chunk]
         part = part[np.argsort(lengths[part], kind="stable")]
         batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+@dataclass
+class Windows:
+    """Prefix-parallel training data (see the module docstring): window w holds the consecutive
+    items flat[start[w]:end[w]] of one user; its targets are the items at local positions
+    j >= first[w] (j >= 1), each predicted from the window's items before it."""
+
+    items: np.ndarray
+    times: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    first: np.ndarray  # local index of the first target trained in the window
+
+    def __len__(self) -> int:
+        return len(self.end)
+
+    @property
+    def n_targets(self) -> np.ndarray:
+        return self.end - self.start - self.first
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.n_targets.sum())
+
+    @classmethod
+    def from_train(cls, train: pd.DataFrame, max_len: int, stride: int = 0) -> "Windows":
+        stride = stride if 0 < stride <= max_len else max(1, max_len // 2)
+        seqs = train["items"].to_numpy()
+        items = np.concatenate(seqs).astype(np.int64) if len(seqs) else np.zeros(0, np.int64)
+        times = np.concatenate(train["times"].to_numpy()).astype(np.int64) if len(seqs) else np.zeros(0, np.int64)
+        start, end, first = [], [], []
+        f = 0
+        for seq in seqs:
+            n = len(seq)
+            if n >= 2:
+                start.append(f); end.append(f + min(n, max_len + 1)); first.append(1)
+                covered, s = min(n - 1, max_len), stride  # targets 1..covered are trained
+                while covered < n - 1:  # window s trains targets covered+1 .. s+max_len
+                    start.append(f + s); end.append(f + min(n, s + max_len + 1)); first.append(covered + 1 - s)
+                    covered, s = min(n - 1, s + max_len), s + stride
+            f += n
+        a = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
+        return cls(items, times, a(start), a(end), a(first))
+
+    def batch(self, idx: np.ndarray, n_buckets: int, device: str = "cpu") -> dict[str, torch.Tensor]:
+        """Windows padded (right) to the longest: `hist`/`pad`/`dt` of their first W−1 items (the
+        encoder's input), `target` (B, W−1) the item after each history position and `tmask` the
+        target slots trained (inside the window and at or after its first trained target)."""
+        s, e, fst = self.start[idx], self.end[idx], self.first[idx]
+        W = int((e - s).max())
+        pos = s[:, None] + np.arange(W)[None]
+        pad = pos >= e[:, None]
+        pos = np.minimum(pos, e[:, None] - 1)
+        items = np.where(pad, -1, self.items[pos])
+        dt = dt_bucket(dt_gaps(self.times[pos], pad), n_buckets)
+        j = np.arange(1, W)[None]
+        tmask = ~pad[:, 1:] & (j >= fst[:, None])
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        return {"hist": t(items[:, :-1]), "pad": t(pad[:, :-1]), "dt": t(dt[:, :-1]),
+                "target": t(np.maximum(items[:, 1:], 0)), "tmask": t(tmask)}
+
+
+def window_batches(w: Windows, batch_size: int, rng: np.random.Generator, bucket: bool = True) -> list[np.ndarray]:
+    """Shuffled mini-batches of windows holding about `batch_size` targets each (never more, unless
+    one window alone has more), so a step sees as many samples as the paper's batch; with `bucket`,
+    windows of similar length share a batch."""
+    n = len(w)
+    perm = rng.permutation(n)
+    tg = w.n_targets
+    chunk = max(1, batch_size * 50 // max(1, int(np.ceil(tg.mean())) if n else 1))
+    batches = []
+    for c in range(0, n, chunk):
+        part = perm[c:c + chunk]
+        if bucket:
+            part = part[np.argsort(w.end[part] - w.start[part], kind="stable")]
+        cur, cnt = [], 0
+        for i in part:
+            if cur and cnt + tg[i] > batch_size:
+                batches.append(np.asarray(cur))
+                cur, cnt = [], 0
+            cur.append(i)
+            cnt += tg[i]
+        if cur:
+            batches.append(np.asarray(cur))
     order = rng.permutation(len(batches))
     return [batches[i] for i in order]

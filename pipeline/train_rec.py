@@ -5,13 +5,19 @@ NDCG@20, a wall-clock budget, checkpoints every epoch and exact resume.
 NDCG@20, or `time_budget_min` minutes of training (counted across resumes; checked every step, so a
 budget can end an epoch early). The best model (by valid NDCG@20 on a fixed random subset of
 `valid_users` users) is kept. `ckpt_dir/last.pt` holds everything needed to continue (model,
-optimizer, scheduler, numpy and torch RNG states, epoch, best, history); a later `fit` with the
-same fingerprint resumes from it instead of starting over.
+optimizer, numpy and torch RNG states, step, epoch, best, history, and where a budget cut the
+current epoch); a later `fit` with the same fingerprint resumes from it instead of starting over.
+
+Learning rate (`lr_factor`): linear warmup, then cosine to 0 over `max_epochs` — or, with a time
+budget, over whichever ends first, so a budget run ends annealed. Raising the budget of a finished
+budget run resumes it as a warm restart: the cosine is re-read at the new fraction of the budget
+(e.g. 60 -> 120 minutes resumes at half the peak rate) and anneals again to the new end.
+An epoch cut short by the budget is not counted as complete: a resumed run finishes its remaining
+batches (same order) before the next epoch starts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,10 +27,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .amp import AmpChoice, autocast, resolve_amp
 from .beam import TrieIndex, beam_search
 from .metrics import recall_ndcg, target_ranks
-from .seqdata import SeqData, epoch_batches
+from .seqdata import SeqData, Windows, epoch_batches, window_batches
 from .utils import log, write_torch
+
+
+def clock() -> float:
+    """Wall clock of the training loop (a function so that tests can drive the budget)."""
+    return time.time()
 
 
 @dataclass
@@ -35,13 +47,14 @@ class FitConfig:
     patience: int = 10
     time_budget_min: float = 0.0  # 0 = no budget
     warmup_steps: int = 1000
-    scheduler: str = "cosine"  # cosine (over max_epochs, after warmup) | constant
+    scheduler: str = "cosine"  # cosine (to 0 at max_epochs or at the time budget's end) | constant
     grad_clip: float = 1.0
     valid_users: int = 2000  # fixed random subset for per-epoch validation; 0 = all
     bucket: bool = True
-    amp: str = "auto"  # auto (bf16 autocast on CPU and CUDA) | bf16 | off
+    amp: str = "auto"  # auto (bf16 only where faster, pipeline/amp.py) | bf16 | off
     beam_size: int = 30
     eval_batch: int = 256
+    decode_norm: str = "renorm"  # validation beam search: renorm | full (pipeline/beam.py)
 
 
 @dataclass
@@ -51,27 +64,20 @@ class FitResult:
     info: dict = field(default_factory=dict)
 
 
-def autocast(device: str, amp: str):
-    if amp == "off":
-        return contextlib.nullcontext()
-    if amp not in ("auto", "bf16"):
-        raise ValueError(f"recommender.amp must be 'auto', 'bf16' or 'off', got '{amp}'")
-    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
-
-
 @torch.no_grad()
 def rank(model, data: SeqData, idx: np.ndarray, trie: TrieIndex, beam: int, topk: int, batch: int,
-         device: str, amp: str = "auto", progress: str | None = None) -> np.ndarray:
+         device: str, amp: AmpChoice | str = "auto", progress: str | None = None, norm: str = "renorm") -> np.ndarray:
     """Top-k item lists (n, topk) for the samples `idx`, by trie-constrained beam search."""
     model.eval()
+    amp = amp if isinstance(amp, AmpChoice) else resolve_amp(amp, device)
     out = []
     perm = np.argsort(data.lengths[idx], kind="stable")  # similar lengths per batch
     order = idx[perm]
     steps = range(0, len(order), batch)
     for s in (tqdm(steps, desc=progress, leave=False) if progress else steps):
-        b = data.batch(order[s:s + batch], model.cfg.time_buckets, device)
+        b = data.batch(order[s:s + batch], model.cfg.time_buckets, device, model.cfg.causal)
         with autocast(device, amp):
-            items, _ = beam_search(model, b, trie, beam, topk)
+            items, _ = beam_search(model, b, trie, beam, topk, norm)
         out.append(items.cpu().numpy())
     ranked = np.concatenate(out) if out else np.zeros((0, topk), np.int64)
     res = np.empty_like(ranked)
@@ -81,17 +87,18 @@ def rank(model, data: SeqData, idx: np.ndarray, trie: TrieIndex, beam: int, topk
 
 @torch.no_grad()
 def batch1_latency_ms(model, data: SeqData, trie: TrieIndex, beam: int, topk: int, n: int, device: str,
-                      amp: str = "auto", warmup: int = 3) -> float:
+                      amp: AmpChoice | str = "auto", warmup: int = 3, norm: str = "renorm") -> float:
     """Mean wall time of one user's beam search at batch size 1 (paper §4.7), after `warmup` runs."""
     idx = np.arange(min(n, len(data)))
     model.eval()
+    amp = amp if isinstance(amp, AmpChoice) else resolve_amp(amp, device)
     times = []
     for j, i in enumerate(np.concatenate([idx[:warmup], idx])):
-        b = data.batch(np.array([i]), model.cfg.time_buckets, device)
+        b = data.batch(np.array([i]), model.cfg.time_buckets, device, model.cfg.causal)
         sync_device(device)
         t0 = time.perf_counter()
         with autocast(device, amp):
-            beam_search(model, b, trie, beam, topk)
+            beam_search(model, b, trie, beam, topk, norm)
         sync_device(device)
         if j >= warmup:
             times.append(time.perf_counter() - t0)
@@ -103,7 +110,7 @@ def sync_device(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def train_step(model, opt, batch: dict[str, torch.Tensor], device: str, amp: str, grad_clip: float):
+def train_step(model, opt, batch: dict[str, torch.Tensor], device: str, amp: AmpChoice | str, grad_clip: float):
     """One optimizer step on L_isr (Eq. 18); returns the detached loss parts."""
     with autocast(device, amp):
         loss, parts = model.loss(batch)
@@ -127,28 +134,55 @@ def stop_reason(state: dict, cfg: FitConfig, budget_s: float) -> str | None:
     return None
 
 
-def evaluate_split(model, data, idx, trie, beam, batch, device, amp="auto", ks=(5, 10, 20), progress=None):
-    top = rank(model, data, idx, trie, beam, max(ks), batch, device, amp, progress)
+def evaluate_split(model, data, idx, trie, beam, batch, device, amp="auto", ks=(5, 10, 20), progress=None,
+                   norm="renorm"):
+    top = rank(model, data, idx, trie, beam, max(ks), batch, device, amp, progress, norm)
     return recall_ndcg(target_ranks(top, data.targets[idx]), ks), top
 
 
-def _lr_lambda(cfg: FitConfig, total_steps: int):
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.scheduler == "constant":
-            return 1.0
-        prog = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(prog, 1.0)))
+def lr_factor(cfg: FitConfig, step: int, total_steps: int, train_s: float = 0.0, budget_s: float = float("inf")) -> float:
+    """Multiplier of `cfg.lr` at optimizer step `step` (0-based): linear warmup over
+    `warmup_steps`, then (cosine) half a cosine from 1 to 0. Its progress is the larger of the step
+    fraction of `total_steps` (= max_epochs) and the time fraction of the budget, so a budget run
+    reaches 0 when its budget is spent."""
     if cfg.scheduler not in ("cosine", "constant"):
         raise ValueError(f"recommender.scheduler must be 'cosine' or 'constant', got '{cfg.scheduler}'")
-    return f
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.scheduler == "constant":
+        return warm
+    prog = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps) if step >= cfg.warmup_steps else 0.0
+    if budget_s < float("inf"):
+        prog = max(prog, train_s / budget_s)
+    return warm * 0.5 * (1 + math.cos(math.pi * min(max(prog, 0.0), 1.0)))
 
 
-def fit(model, train: SeqData, valid: SeqData, trie: TrieIndex, cfg: FitConfig, device: str, seed: int,
+def epoch_plan(train, batch_size: int, rng: np.random.Generator, bucket: bool) -> list[np.ndarray]:
+    """The epoch's mini-batches: sample indices (SeqData) or windows holding ~batch_size samples."""
+    if isinstance(train, Windows):
+        return window_batches(train, batch_size, rng, bucket)
+    return epoch_batches(len(train), batch_size, rng, train.lengths, bucket)
+
+
+def n_samples(train) -> int:
+    return train.n_samples if isinstance(train, Windows) else len(train)
+
+
+def make_batch(train, idx: np.ndarray, model, device: str) -> tuple[dict[str, torch.Tensor], int]:
+    """A training batch and its number of samples (known on the host: no device sync)."""
+    if isinstance(train, Windows):
+        return train.batch(idx, model.cfg.time_buckets, device), int(train.n_targets[idx].sum())
+    return train.batch(idx, model.cfg.time_buckets, device), len(idx)
+
+
+def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: FitConfig, device: str, seed: int,
         ckpt_dir: Path | None = None, fingerprint: str = "", stop_after: int | None = None) -> FitResult:
     """Train with early stopping; `stop_after` ends this call after that many epochs as if it were
-    interrupted right after a checkpoint (tests use it to check resume)."""
+    interrupted right after a checkpoint (tests use it to check resume). `train` is per-sample
+    (`SeqData`, bidirectional encoder) or per-window (`Windows`, causal encoder)."""
+    if isinstance(train, Windows) != model.cfg.causal:
+        raise ValueError("a causal encoder trains on Windows, a bidirectional one on SeqData")
+    amp = resolve_amp(cfg.amp, device)
+    log.info("train: amp %s (%s)", amp.mode, amp.reason)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     vrng = np.random.default_rng(seed + 1)
@@ -156,23 +190,27 @@ def fit(model, train: SeqData, valid: SeqData, trie: TrieIndex, cfg: FitConfig, 
     if cfg.valid_users and cfg.valid_users < len(valid):
         vidx = np.sort(vrng.choice(len(valid), cfg.valid_users, replace=False))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch * cfg.max_epochs))
-    state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": [], "train_s": 0.0, "stopped": None}
+    steps_per_epoch = len(epoch_plan(train, cfg.batch_size, np.random.default_rng(0), cfg.bucket))
+    total_steps = steps_per_epoch * cfg.max_epochs
+    state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "history": [], "train_s": 0.0, "stopped": None,
+             "partial": None}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     last = ckpt_dir / "last.pt" if ckpt_dir else None
     if last is not None and last.is_file():
-        ck = torch.load(last, weights_only=False)
+        ck = torch.load(last, map_location=device, weights_only=False)
         if ck.get("fingerprint") == fingerprint:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
             rng.bit_generator.state = ck["numpy_rng"]
-            torch.set_rng_state(ck["torch_rng"])
+            torch.set_rng_state(ck["torch_rng"].cpu())
+            if ck.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([t.cpu() for t in ck["cuda_rng"]])
             state = ck["state"]
-            best_state = torch.load(ckpt_dir / "best.pt", weights_only=False)
-            log.info("train: resumed from %s after epoch %d (best valid NDCG@20 %.4f at epoch %d)",
-                     last, state["epoch"], state["best"], state["best_epoch"])
+            best_state = torch.load(ckpt_dir / "best.pt", map_location=device, weights_only=False)
+            log.info("train: resumed from %s after epoch %d%s (best valid NDCG@20 %.4f at epoch %d)",
+                     last, state["epoch"],
+                     f" and {state['partial']['steps']} steps of epoch {state['epoch'] + 1}" if state["partial"] else "",
+                     state["best"], state["best_epoch"])
         else:
             log.info("train: %s is from other params or data; starting over", last)
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min > 0 else float("inf")
@@ -183,49 +221,73 @@ def fit(model, train: SeqData, valid: SeqData, trie: TrieIndex, cfg: FitConfig, 
             break
         epoch = state["epoch"] + 1
         model.train()
-        t0 = time.time()
-        batches = epoch_batches(len(train), cfg.batch_size, rng, train.lengths, cfg.bucket)
-        sums, n_seen, partial = {}, 0, False
-        bar = tqdm(batches, desc=f"train epoch {epoch}", leave=False)
-        for step, idx in enumerate(bar):
-            parts = train_step(model, opt, train.batch(idx, model.cfg.time_buckets, device), device, cfg.amp,
-                               cfg.grad_clip)
-            sched.step()
+        t0 = clock()
+        partial = state["partial"]
+        if partial:  # finish the epoch a budget cut short: same batches, from where it stopped
+            epoch_rng = partial["rng"]
+            rng.bit_generator.state = epoch_rng
+            batches = epoch_plan(train, cfg.batch_size, rng, cfg.bucket)
+            done = partial["steps"]
+            sums, n_seen = dict(partial["sums"]), partial["n_seen"]
+        else:
+            epoch_rng = rng.bit_generator.state
+            batches = epoch_plan(train, cfg.batch_size, rng, cfg.bucket)
+            done, sums, n_seen = 0, {}, 0
+        n_epoch = n_seen
+        cut = False
+        bar = tqdm(batches[done:], desc=f"train epoch {epoch}", leave=False)
+        for j, idx in enumerate(bar):
+            f = lr_factor(cfg, state["step"], total_steps, state["train_s"] + clock() - t0, budget_s)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * f
+            batch, n = make_batch(train, idx, model, device)
+            parts = train_step(model, opt, batch, device, amp, cfg.grad_clip)
+            state["step"] += 1
             for k, v in parts.items():  # summed on the device: no host sync per step
-                sums[k] = sums.get(k, 0.0) + v * len(idx)
-            n_seen += len(idx)
-            if step % 50 == 0:
+                sums[k] = sums.get(k, 0.0) + v * n
+            n_seen += n
+            if j % 50 == 0:
                 bar.set_postfix(loss=f"{float(parts['total']):.3f}")
-            if state["train_s"] + time.time() - t0 >= budget_s:
-                partial = True
+            if state["train_s"] + clock() - t0 >= budget_s and done + j + 1 < len(batches):
+                cut = True
+                state["partial"] = {"rng": epoch_rng, "steps": done + j + 1, "sums": sums, "n_seen": n_seen}
                 break
-        train_s = time.time() - t0
+        if not cut:
+            state["partial"] = None
+        train_s = clock() - t0
         state["train_s"] += train_s
-        t1 = time.time()
-        metrics, _ = evaluate_split(model, valid, vidx, trie, cfg.beam_size, cfg.eval_batch, device, cfg.amp)
-        row = {"epoch": epoch, "fraction": round(n_seen / len(train), 4),
+        t1 = clock()
+        metrics, _ = evaluate_split(model, valid, vidx, trie, cfg.beam_size, cfg.eval_batch, device, amp,
+                                    norm=cfg.decode_norm)
+        total = n_samples(train)
+        row = {"epoch": epoch, "fraction": round(n_seen / total, 4),
                **{f"train_{k}": float(v) / max(n_seen, 1) for k, v in sums.items()},
                **{f"valid_{k}": v for k, v in metrics.items()},
                "lr": opt.param_groups[0]["lr"], "train_s": round(train_s, 1),
-               "samples_per_s": round(n_seen / max(train_s, 1e-9), 1), "valid_s": round(time.time() - t1, 1)}
+               "samples_per_s": round((n_seen - n_epoch) / max(train_s, 1e-9), 1),
+               "valid_s": round(clock() - t1, 1)}
         if model.dsi is not None:
             row["eta"] = float(model.dsi.eta.detach())
         state["history"].append(row)
-        state["epoch"] = epoch
+        if not cut:
+            state["epoch"] = epoch
         if metrics["ndcg@20"] > state["best"]:
             state["best"], state["best_epoch"] = metrics["ndcg@20"], epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        log.info("epoch %d%s: loss %.4f, valid R@20 %.4f N@20 %.4f (best %.4f @ %d), %.0f samples/s, %.0fs",
-                 epoch, " (partial: time budget)" if partial else "", row.get("train_total", float("nan")),
-                 metrics["recall@20"], metrics["ndcg@20"], state["best"], state["best_epoch"],
-                 row["samples_per_s"], row["train_s"] + row["valid_s"])
+        log.info("epoch %d%s: loss %.4f, valid R@20 %.4f N@20 %.4f (best %.4f @ %d), lr %.2e, %.0f samples/s, %.0fs",
+                 epoch, f" (cut by the time budget at {row['fraction']:.0%})" if cut else "",
+                 row.get("train_total", float("nan")), metrics["recall@20"], metrics["ndcg@20"], state["best"],
+                 state["best_epoch"], row["lr"], row["samples_per_s"], row["train_s"] + row["valid_s"])
         if ckpt_dir is not None:
             write_torch(ckpt_dir / "best.pt", best_state)
             write_torch(last, {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
-                               "torch_rng": torch.get_rng_state(), "state": state})
+                               "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                               "state": state})
         epochs_this_call += 1
-    info = {"epochs": state["epoch"], "best_epoch": state["best_epoch"], "best_valid_ndcg@20": state["best"],
+    info = {"epochs": state["epoch"] + (1 if state["partial"] else 0), "epochs_complete": state["epoch"],
+            "best_epoch": state["best_epoch"], "best_valid_ndcg@20": state["best"],
             "stopped": state["stopped"], "train_wall_s": round(state["train_s"], 1),
-            "valid_users_per_epoch": int(len(vidx)), "steps_per_epoch": steps_per_epoch}
+            "valid_users_per_epoch": int(len(vidx)), "steps_per_epoch": steps_per_epoch, "steps": state["step"],
+            "amp": amp.mode, "amp_reason": amp.reason, "encoder": model.cfg.encoder}
     return FitResult(best_state, state["history"], info)

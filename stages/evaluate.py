@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 import typer
 
+from pipeline.amp import resolve_amp
 from pipeline.assets import build_model, load_assets
 from pipeline.beam import TrieIndex
 from pipeline.metrics import group_metrics, popularity_groups, popularity_topk, recall_ndcg, target_ranks
@@ -39,11 +40,12 @@ def evaluate_cmd(
     p = params(params_file, set_)
     device = resolve_device(p["device"])
     seed_everything(p["seed"])
-    beam, batch, amp = p["evaluate.beam_size"], p["evaluate.batch_size"], p["evaluate.amp"]
+    beam, batch, norm = p["evaluate.beam_size"], p["evaluate.batch_size"], p["decode_norm"]
+    amp = resolve_amp(p["evaluate.amp"], device)
     if beam < max(KS):
         raise ValueError(f"evaluate.beam_size ({beam}) must be >= the largest K ({max(KS)})")
     a = load_assets(data, features, collab, sid)
-    ck = torch.load(model_dir / "model.pt", weights_only=False)
+    ck = torch.load(model_dir / "model.pt", map_location=device, weights_only=False)
     cfg = RecConfig.from_dict(ck["config"])
     model = build_model(cfg, a).to(device)
     model.load_state_dict(ck["state_dict"])
@@ -51,14 +53,15 @@ def evaluate_cmd(
     counts = a.items["train_count"].to_numpy()
     item_group = popularity_groups(counts)
     pop_top = popularity_topk(counts, max(KS))
-    out: dict = {"params": model.n_params(), "beam_size": beam, "n_items": len(a.items)}
+    out: dict = {"params": model.n_params(), "beam_size": beam, "decode_norm": norm, "n_items": len(a.items),
+                 "encoder": cfg.encoder, "amp": amp.mode, "amp_reason": amp.reason}
     rows, group_rows = [], []
     asins = a.items["asin"].to_numpy()
     for split, df in (("valid", a.valid), ("test", a.test)):
         d = SeqData.from_heldout(df, cfg.max_len)
         idx = np.arange(len(d))
         t0 = time.time()
-        top = rank(model, d, idx, trie, beam, max(KS), batch, device, amp, progress=f"evaluate {split}")
+        top = rank(model, d, idx, trie, beam, max(KS), batch, device, amp, progress=f"evaluate {split}", norm=norm)
         wall = time.time() - t0
         ranks = target_ranks(top, d.targets)
         pop_ranks = target_ranks(np.broadcast_to(pop_top, top.shape), d.targets)
@@ -71,7 +74,8 @@ def evaluate_cmd(
             for name, key in (("recommender", "test_groups"), ("popularity", "test_groups_popularity_baseline")):
                 group_rows += [{"group": g["group"], "model": name, "n": g["n"], "recall@10": g["recall@10"],
                                 "ndcg@10": g["ndcg@10"]} for g in out[key]]
-            latency = batch1_latency_ms(model, d, trie, beam, max(KS), p["evaluate.latency_users"], device, amp)
+            latency = batch1_latency_ms(model, d, trie, beam, max(KS), p["evaluate.latency_users"], device, amp,
+                                        norm=norm)
         rows.append(pd.DataFrame({
             "split": split, "user": df["user"].to_numpy(), "user_id": df["user_id"].to_numpy(),
             "target": asins[d.targets], "rank": ranks,
@@ -89,4 +93,4 @@ def evaluate_cmd(
     summary(f"evaluate: test R@10 {t['recall@10']:.4f} R@20 {t['recall@20']:.4f} N@10 {t['ndcg@10']:.4f} "
             f"N@20 {t['ndcg@20']:.4f} (popularity R@20 {pb['recall@20']:.4f}); {out['params']:,} params, "
             f"{out['latency_ms_batch1']} ms/user at batch 1, {out['test_users_per_s']} users/s batched, "
-            f"beam {beam} on {device} -> {metrics}")
+            f"beam {beam} ({norm}) on {device}, amp {amp.mode} -> {metrics}")

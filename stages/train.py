@@ -11,7 +11,7 @@ import typer
 
 from pipeline.assets import build_model, load_assets, model_config
 from pipeline.beam import TrieIndex
-from pipeline.seqdata import SeqData
+from pipeline.seqdata import SeqData, Windows
 from pipeline.train_rec import FitConfig, fit
 from pipeline.utils import atomic_path, log, resolve_device, seed_everything, write_json, write_torch
 
@@ -38,13 +38,18 @@ def train_cmd(
     seed_everything(seed)
     a = load_assets(data, features, collab, sid)
     cfg = model_config(p, a)
-    fcfg = FitConfig(**{k: p[f"recommender.{k}"] for k in FitConfig.__dataclass_fields__})
+    fcfg = FitConfig(**{k: p[f"recommender.{k}"] for k in FitConfig.__dataclass_fields__ if k != "decode_norm"},
+                     decode_norm=p["decode_norm"])
     if p["dataset"] == "synthetic" and p["synthetic.max_epochs"] < fcfg.max_epochs:
         # the embedded default must run in minutes on a CPU; real datasets get the paper's epochs
         log.info("train: synthetic data: max_epochs capped at synthetic.max_epochs = %d", p["synthetic.max_epochs"])
         fcfg.max_epochs = p["synthetic.max_epochs"]
     model = build_model(cfg, a).to(device)
-    train = SeqData.from_train(a.train, cfg.max_len)
+    stride = p["recommender.causal_stride"]
+    if cfg.causal:  # prefix-parallel: one pass per window trains all its prefixes (docs/design.md)
+        train = Windows.from_train(a.train, cfg.max_len, stride)
+    else:
+        train = SeqData.from_train(a.train, cfg.max_len)
     valid = SeqData.from_heldout(a.valid, cfg.max_len)
     # what must match for a checkpoint to be resumed (the budget and patience may change)
     resumable = {k: v for k, v in asdict(fcfg).items() if k not in ("time_budget_min", "patience")}
@@ -53,7 +58,8 @@ def train_cmd(
     t0 = time.time()
     res = fit(model, train, valid, TrieIndex(a.trie, device), fcfg, device, seed, ckpt, fingerprint)
     write_torch(out / "model.pt", {"config": cfg.to_dict(), "state_dict": res.best_state})
-    info = {**res.info, "params": model.n_params(), "train_samples": len(train), "device": device,
+    n_train = train.n_samples if cfg.causal else len(train)
+    info = {**res.info, "params": model.n_params(), "train_samples": n_train, "device": device,
             "wall_s": round(time.time() - t0, 1)}
     if res.history:
         info["last_samples_per_s"] = res.history[-1]["samples_per_s"]
@@ -63,7 +69,7 @@ def train_cmd(
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerows(res.history)
-    summary(f"train: {info['params']:,} params, {len(train):,} samples, {info['epochs']}/{fcfg.max_epochs} epochs "
+    summary(f"train: {info['params']:,} params, {n_train:,} samples ({cfg.encoder} encoder), {info['epochs']}/{fcfg.max_epochs} epochs "
             f"(stopped: {info['stopped']}), best valid NDCG@20 {info['best_valid_ndcg@20']:.4f} at epoch "
             f"{info['best_epoch']} ({info['valid_users_per_epoch']} users), {info['train_wall_s']}s training on "
-            f"{device} -> {out}")
+            f"{device} (amp {info['amp']}) -> {out}")

@@ -277,6 +277,219 @@ def test_a_larger_budget_continues_a_budget_stopped_run(world, tmp_path):
     tr, va, ti = SeqData.from_train(train, 5), SeqData.from_heldout(held, 5), TrieIndex(trie)
     base = dict(batch_size=8, max_epochs=4, warmup_steps=2, valid_users=0, beam_size=20, amp="off")
     r1 = fit(make(world), tr, va, ti, FitConfig(time_budget_min=1e-9, **base), "cpu", 0, tmp_path, "x")
-    assert r1.info["stopped"] == "time_budget" and r1.info["epochs"] == 1
+    assert r1.info["stopped"] == "time_budget" and r1.info["epochs"] == 1 and r1.info["epochs_complete"] == 0
+    cut = r1.history[0]["fraction"]
+    assert 0 < cut < 1
     r2 = fit(make(world), tr, va, ti, FitConfig(time_budget_min=0, **base), "cpu", 0, tmp_path, "x")
-    assert r2.info["stopped"] == "max_epochs" and r2.info["epochs"] == 4 and len(r2.history) == 4
+    assert r2.info["stopped"] == "max_epochs" and r2.info["epochs"] == 4
+    # the cut epoch is not counted as complete: the resumed run finishes its remaining batches
+    # first (one more row for epoch 1, covering the whole epoch), then runs epochs 2..4
+    assert [h["epoch"] for h in r2.history] == [1, 1, 2, 3, 4]
+    assert r2.history[1]["fraction"] == 1.0 and all(h["fraction"] == 1.0 for h in r2.history[2:])
+    assert r2.info["steps"] == 4 * r2.info["steps_per_epoch"]
+
+
+# ------------------------------------------------------------- learning-rate schedule
+
+
+def test_budget_schedule_ends_annealed():
+    from pipeline.train_rec import lr_factor
+
+    cfg = FitConfig(warmup_steps=10, max_epochs=300)
+    total = 100_000  # steps of 300 epochs: far beyond what the budget allows
+    assert lr_factor(cfg, 0, total) == pytest.approx(0.1)  # warmup
+    assert lr_factor(cfg, 9, total, 0.0, 600.0) == pytest.approx(1.0)
+    # with a budget, progress is the spent fraction of the budget: floor (0) at its end
+    assert lr_factor(cfg, 5_000, total, 300.0, 600.0) == pytest.approx(0.5, abs=1e-6)
+    assert lr_factor(cfg, 5_000, total, 600.0, 600.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(cfg, 5_000, total, 900.0, 600.0) == pytest.approx(0.0, abs=1e-12)
+    # without a budget the cosine spans max_epochs; a larger budget re-warms to its own fraction
+    assert lr_factor(cfg, total, total) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(cfg, 5_000, total, 600.0, 1200.0) == pytest.approx(0.5, abs=1e-6)
+    assert lr_factor(FitConfig(warmup_steps=10, scheduler="constant"), 5_000, total, 600.0, 600.0) == 1.0
+
+
+def test_budget_run_trains_at_the_floor_at_its_end(world, monkeypatch):
+    from pipeline import train_rec
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(train_rec, "clock", lambda: next(ticks) * 0.5)  # every clock read: +0.5 s
+    _, trie, _, train, held = world
+    cfg = FitConfig(batch_size=4, max_epochs=1000, time_budget_min=4.0, warmup_steps=2, valid_users=8,
+                    beam_size=20, amp="off")
+    r = fit(make(world), SeqData.from_train(train, 5), SeqData.from_heldout(held, 5), TrieIndex(trie), cfg,
+            "cpu", seed=0)
+    assert r.info["stopped"] == "time_budget" and r.info["epochs"] >= 2  # several epochs within the budget
+    lrs = [h["lr"] for h in r.history]
+    assert lrs[0] > 0.5 * cfg.lr and lrs[-1] < 0.05 * cfg.lr  # the last steps ran at the floor
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # annealed monotonically after warmup
+
+
+# ------------------------------------------------------------------------------- amp
+
+
+def test_amp_auto_picks_fp32_where_bf16_is_slower(monkeypatch):
+    from pipeline import amp as A
+
+    A._auto.cache_clear()
+    monkeypatch.setattr(A, "cpu_capability", lambda: "AVX2")
+    c = A.resolve_amp("auto", "cpu")
+    assert c.mode == "off" and "AVX2" in c.reason  # no probe needed: emulated bf16
+    A._auto.cache_clear()
+    monkeypatch.setattr(A, "cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(A, "probe_cpu", lambda: (1.0, 8.0))  # bf16 8x slower (an emulating CPU)
+    assert A.resolve_amp("auto", "cpu").mode == "off"
+    A._auto.cache_clear()
+    monkeypatch.setattr(A, "probe_cpu", lambda: (1.0, 0.6))  # native bf16, 1.7x faster
+    c = A.resolve_amp("auto", "cpu")
+    assert c.mode == "bf16" and "1.67x" in c.reason
+    A._auto.cache_clear()
+    assert A.resolve_amp("off", "cpu").mode == "off" and A.resolve_amp(False, "cpu").mode == "off"
+    assert A.resolve_amp("bf16", "cpu").mode == "bf16"
+    with pytest.raises(ValueError, match="'auto', 'bf16' or 'off'"):
+        A.resolve_amp("fp8", "cpu")
+
+
+def test_ranking_head_is_fp32_under_bf16_autocast(world):
+    m = make(world)
+    o = torch.randn(4, 2, m.cfg.d_model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m.logits(o).dtype == torch.float32 and m.logits(o[:, 0], 1).dtype == torch.float32
+    ref = torch.einsum("btd,tkd->btk", o, m.out[:2].detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.allclose(m.logits(o).detach(), ref, atol=1e-5)
+
+
+# ------------------------------------------------------------------ causal (prefix-parallel)
+
+
+def test_windows_cover_every_training_sample_once():
+    from pipeline.seqdata import Windows, window_batches
+
+    rng = np.random.default_rng(3)
+    lens = [2, 5, 6, 7, 13, 31]
+    tr = pd.DataFrame({"items": [list(rng.integers(0, N, n)) for n in lens],
+                       "times": [list(np.sort(rng.integers(0, 90, n)) * DAY) for n in lens]})
+    sd, w = SeqData.from_train(tr, 5), Windows.from_train(tr, 5, stride=2)
+    assert w.n_samples == len(sd)
+    b = w.batch(np.arange(len(w)), 16)
+    got = []
+    for r in range(len(w)):
+        items = b["hist"][r].tolist()
+        for j in np.flatnonzero(b["tmask"][r].numpy()):
+            hist = [x for x in items[: j + 1] if x >= 0]
+            got.append((tuple(hist), int(b["target"][r, j])))
+    exp = []
+    for seq in tr["items"]:
+        for t in range(1, len(seq)):
+            exp.append((tuple(seq[max(0, t - 5):t]), seq[t]))
+    # same targets; histories identical up to max_len, and never shorter than max_len - stride + 1
+    assert sorted(t for _, t in got) == sorted(t for _, t in exp)
+    full = {e for e in exp if len(e[0]) < 5}
+    assert full <= set(got)
+    assert all(len(h) >= 5 - 2 + 1 or (h, t) in full for h, t in got)
+    assert all(len(h) <= 5 for h, _ in got)
+    batches = window_batches(w, 6, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(w)))
+    assert all(w.n_targets[bt].sum() <= 6 or len(bt) == 1 for bt in batches)
+
+
+@pytest.mark.parametrize("recency_bias", [False, True])
+def test_prefix_parallel_loss_equals_per_prefix_losses(world, recency_bias):
+    """One pass over a window gives, for every target, the loss the causal model gives to that
+    target's prefix encoded on its own (what inference sees): no target sees its own future."""
+    from pipeline.seqdata import Windows
+
+    train = world[3].iloc[:3].copy()  # sequences of max_len + 1 items: one window each, exact prefixes
+    train["items"] = train["items"].map(lambda x: x[:6])
+    train["times"] = train["times"].map(lambda x: x[:6])
+    m = make(world, encoder="causal", recency_bias=recency_bias)
+    if recency_bias:
+        with torch.no_grad():
+            m.cross_bias.copy_(torch.randn_like(m.cross_bias))  # a bias that matters
+    m.eval()
+    w = Windows.from_train(train, 5)
+    wb = w.batch(np.arange(len(w)), m.cfg.time_buckets)
+    o_win, tgt_win = m._window_states(wb)
+    sd = SeqData.from_train(train, 5)
+    sb = sd.batch(np.arange(len(sd)), m.cfg.time_buckets, causal=True)
+    memory, mem_pad = m.encode(sb["hist"], sb["pad"], sb["dt"])
+    o_pre = m.decode(m.item_codes[sb["target"]][:, :-1], memory, mem_pad)
+    # both enumerate users in order, targets in order (first window of each user: all targets)
+    assert torch.equal(tgt_win, sb["target"])
+    assert torch.allclose(o_win, o_pre, atol=1e-5)
+
+
+def test_causal_and_bidirectional_agree_on_a_one_item_history(world):
+    bi, ca = make(world), make(world, encoder="causal")
+    ca.load_state_dict(bi.state_dict())
+    b = {"hist": torch.tensor([[3], [7]]), "pad": torch.zeros(2, 1, dtype=torch.bool),
+         "dt": torch.zeros(2, 1, dtype=torch.long), "target": torch.tensor([5, 9])}
+    bi.eval(), ca.eval()
+    assert float(bi.loss(b)[0]) == pytest.approx(float(ca.loss(b)[0]), rel=1e-6)
+    with pytest.raises(ValueError, match="bidirectional' or 'causal"):
+        small_cfg(encoder="sideways")
+
+
+def test_causal_training_learns_and_decodes(world):
+    from pipeline.seqdata import Windows
+
+    _, trie, _, train, held = world
+    cfg = FitConfig(batch_size=16, max_epochs=3, warmup_steps=2, valid_users=0, beam_size=20, amp="off")
+    m = make(world, encoder="causal")
+    r = fit(m, Windows.from_train(train, 5), SeqData.from_heldout(held, 5), TrieIndex(trie), cfg, "cpu", seed=0)
+    assert r.info["encoder"] == "causal" and r.history[-1]["train_total"] < r.history[0]["train_total"]
+    with pytest.raises(ValueError, match="Windows"):
+        fit(make(world), Windows.from_train(train, 5), SeqData.from_heldout(held, 5), TrieIndex(trie), cfg, "cpu", 0)
+
+
+def test_full_vocabulary_decoding_matches_exhaustive_scoring(world):
+    codes, trie, *_ = world
+    m = make(world)
+    m.eval()
+    b = SeqData.from_heldout(world[4], 5).batch(np.arange(4), m.cfg.time_buckets)
+    ti = TrieIndex(trie)
+    items, scores = beam_search(m, b, ti, beam=N, topk=N, norm="full")
+    ex = score_all_items(m, b, ti, torch.from_numpy(codes), norm="full")
+    for u in range(4):
+        assert torch.allclose(torch.sort(ex[u], descending=True).values, scores[u], atol=1e-4)
+    # full-vocabulary probabilities of the valid items sum to less than 1 (mass on invalid tokens)
+    assert (ex.exp().sum(1) < 1 - 1e-3).all()
+    # and the ranking differs from the renormalised one in general, while each is a valid ranking
+    items_r, _ = beam_search(m, b, ti, beam=N, topk=N, norm="renorm")
+    assert all(len(set(items[u].tolist())) == N for u in range(4))
+
+
+def test_last_level_shortcut_keeps_the_top_k_exact(world):
+    """Skipping the decoder for single-child prefixes and for beams that cannot reach the top k
+    returns the same top-k items and scores as the full beam search."""
+    m = make(world)
+    m.eval()
+    b = SeqData.from_heldout(world[4], 5).batch(np.arange(24), m.cfg.time_buckets)
+    ti = TrieIndex(world[1])
+    for beam, topk in ((10, 3), (20, 20), (30, 5)):
+        i1, s1 = beam_search(m, b, ti, beam, topk, shortcut=True)
+        i2, s2 = beam_search(m, b, ti, beam, topk, shortcut=False)
+        assert torch.equal(i1, i2) and torch.allclose(s1, s2, atol=1e-6)
+
+
+def test_recency_bias_learns_and_decodes_exactly(world):
+    codes, trie, *_ = world
+    m = make(world, encoder="causal", recency_bias=True)
+    with torch.no_grad():
+        m.cross_bias.copy_(torch.randn_like(m.cross_bias))
+    b = SeqData.from_heldout(world[4], 5).batch(np.arange(6), m.cfg.time_buckets, causal=True)
+    m.train()
+    from pipeline.seqdata import Windows
+
+    wb = Windows.from_train(world[3], 5).batch(np.arange(8), m.cfg.time_buckets)
+    m.loss(wb)[0].backward()
+    assert m.cross_bias.grad is not None and m.cross_bias.grad.abs().sum() > 0
+    m.eval()
+    ti = TrieIndex(trie)
+    items, scores = beam_search(m, b, ti, beam=N, topk=N)
+    ex = score_all_items(m, b, ti, torch.from_numpy(codes))
+    for u in range(6):
+        assert torch.allclose(torch.sort(ex[u], descending=True).values, scores[u], atol=1e-4)
+    with pytest.raises(ValueError, match="causal"):
+        make(world, recency_bias=True)
