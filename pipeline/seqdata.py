@@ -29,6 +29,14 @@ import torch
 SECONDS_PER_DAY = 86400
 
 
+def _padded_positions(s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions of rows flat[s:e], right-padded to the longest (padding repeats the row's last
+    position) and the padding mask."""
+    pos = s[:, None] + np.arange(int((e - s).max()))[None]
+    pad = pos >= e[:, None]
+    return np.minimum(pos, e[:, None] - 1), pad
+
+
 def dt_gaps(times: np.ndarray, pad: np.ndarray) -> np.ndarray:
     """Causal Δt_i (docs/design.md): the gap between item i and item i−1 of the same history, in
     seconds; 0 for the first item (the history has no older item) and for padding."""
@@ -91,11 +99,7 @@ class SeqData:
         item's age before the most recent history item (bidirectional encoder) or, with `causal`,
         the gap to the previous history item (`dt_gaps`)."""
         s, e = self.start[idx], self.end[idx]
-        lens = e - s
-        H = int(lens.max())
-        pos = s[:, None] + np.arange(H)[None]
-        pad = pos >= e[:, None]
-        pos = np.minimum(pos, e[:, None] - 1)
+        pos, pad = _padded_positions(s, e)
         hist = np.where(pad, -1, self.items[pos])
         if causal:
             dt = dt_bucket(dt_gaps(self.times[pos], pad), n_buckets)
@@ -170,10 +174,8 @@ class Windows:
         encoder's input), `target` (B, W−1) the item after each history position and `tmask` the
         target slots trained (inside the window and at or after its first trained target)."""
         s, e, fst = self.start[idx], self.end[idx], self.first[idx]
-        W = int((e - s).max())
-        pos = s[:, None] + np.arange(W)[None]
-        pad = pos >= e[:, None]
-        pos = np.minimum(pos, e[:, None] - 1)
+        pos, pad = _padded_positions(s, e)
+        W = pos.shape[1]
         items = np.where(pad, -1, self.items[pos])
         dt = dt_bucket(dt_gaps(self.times[pos], pad), n_buckets)
         j = np.arange(1, W)[None]
