@@ -4,7 +4,7 @@ torch kernel set, threads), the amp decision, then one line per figure. A sample
 prefix -> next-item pair of the paper's sliding window, whichever encoder trains it.
 
 Usage: python bench/recommender_throughput.py [DATA_ROOT] [--steps N] [--users N] [--amp auto|bf16|off]
-       [-S KEY=VALUE ...]     (e.g. -S recommender.encoder=bidirectional)
+       [--devices all|cpu|cuda] [-S KEY=VALUE ...]     (e.g. -S recommender.encoder=bidirectional)
 DATA_ROOT holds processed/, features/, collab/item_emb.npy and sid/ (default: the repo's own
 data/ and models/ after `dvc repro`). Params come from params.yaml plus the -S overrides.
 """
@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=1024)
     ap.add_argument("--amp", default="auto")
     ap.add_argument("-S", "--set", action="append", default=[])
+    ap.add_argument("--devices", default="all", help="all (CPU, then CUDA when present) | cpu | cuda")
     args = ap.parse_args()
     p = load_params("params.yaml", args.set)
     if args.root:
@@ -99,6 +100,8 @@ def main() -> None:
         a = load_assets(Path("data/processed"), Path("data/features"), Path("models/collab"), Path("data/sid"))
     print(f"machine: {machine()}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.devices != "all":
+        devices = [args.devices]
     for dev in devices:
         bench(dev, a, p, args.steps, args.users, args.amp)
 

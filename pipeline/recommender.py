@@ -205,7 +205,7 @@ class NoisyTopKMoE(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def routing(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.gate(x)
+        logits = self.gate(x).float()  # routing in fp32 whatever the autocast (CUDA autocast keeps softmax fp32)
         if self.training:
             logits = logits + torch.randn_like(logits)  # Eq. 12
         top = logits.topk(self.top_k, dim=-1)

@@ -1,0 +1,315 @@
+"""The prepared GPU run (issue 9): Beauty on one CUDA GPU inside a fixed wall-clock allowance.
+
+Runs, in this order, each phase as its own `prism` process (so one failure does not stop the rest)
+and each bounded by what is left of `--total-s`:
+  env       nvidia-smi, torch/CUDA versions, CPU
+  bench     bench/recommender_throughput.py on CUDA: training samples/s, decoding users/s
+  rec       PRISM and TIGER recommenders trained side by side on the one GPU, each with a wall-clock
+            training budget (`--rec-min`), on the semantic IDs computed beforehand on CPU (the ones
+            docs/results.md's CPU runs used, so the comparison is like for like)
+  eval      `prism evaluate` of both (valid + test, all users, beam 30), side by side
+  upstream  preprocess (compared with the CPU output), collab (LightGCN), quantize, dedup on the GPU,
+            for their wall times, while time remains
+OUT gets: results.json (every metric, curve and wall time), summary.md (the table printed last),
+log.txt (this driver's log and the phases' output), log_prism.txt, log_tiger.txt.
+
+IN (made on CPU by bench/gpu/prepare.sh): raw/<Category>/ (official files), processed/, features/
+(MiniLM content embeddings: the GPU machine has no model hub), collab/item_emb.npy, sid_prism/,
+sid_rqvae/.
+
+`--smoke` runs the same phases on CPU on the tiny synthetic set with one-epoch settings (a test runs
+it), so a typo never costs GPU time.
+Usage: python bench/gpu/run.py IN OUT [--smoke] [--total-s 450] [--rec-min 2.5] [--phases "..."]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TIGER = ["-S", "dsi=false", "-S", "ssa=false", "-S", "ats=false", "-S", "dt=false"]
+RUNS = {"prism": ("sid_prism", []), "tiger": ("sid_rqvae", TIGER)}
+
+
+class Run:
+    def __init__(self, inp: Path, out: Path, smoke: bool, total_s: float):
+        self.inp, self.out, self.smoke = inp, out, smoke
+        self.t0 = time.time()
+        self.total_s = total_s
+        self.scratch = out.parent / (out.name + "_work") if smoke else Path("/tmp/prism_gpu_work")
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.log = open(out / "log.txt", "a", buffering=1)
+        self.res: dict = {"phases": {}, "smoke": smoke, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+        self.env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                    "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1",
+                    "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+        if smoke:
+            self.common = ["-S", "dataset=synthetic", "-S", "synthetic.size=tiny", "-S", "device=cpu",
+                           "-S", f"raw_dir={inp / 'raw'}", "-S", "download=false"]
+        else:
+            self.common = ["-S", "dataset=beauty", "-S", "device=cuda", "-S", f"raw_dir={inp / 'raw'}",
+                           "-S", "download=false"]
+
+    def left(self) -> float:
+        return self.total_s - (time.time() - self.t0)
+
+    def say(self, msg: str) -> None:
+        line = f"[{time.time() - self.t0:6.1f}s] {msg}"
+        print(line, flush=True)
+        self.log.write(line + "\n")
+
+    def prism(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "stages.cli", *args]
+
+    def start(self, name: str, cmd: list[str], logfile=None) -> tuple[subprocess.Popen, float, object]:
+        self.say(f"{name}: {' '.join(cmd[2:] if cmd[:3] == [sys.executable, '-m', 'stages.cli'] else cmd)}")
+        fh = logfile or self.log
+        fh.write(f"==== {name}\n")
+        fh.flush()
+        return subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT), time.time(), fh
+
+    def wait(self, name: str, proc, t_start: float, timeout: float) -> int:
+        try:
+            rc = proc.wait(timeout=max(timeout, 1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = -9
+            self.say(f"{name}: killed after {timeout:.0f}s (out of time)")
+        wall = round(time.time() - t_start, 1)
+        self.res["phases"][name] = {"rc": rc, "wall_s": wall}
+        self.say(f"{name}: rc {rc}, {wall}s")
+        return rc
+
+    def call(self, name: str, cmd: list[str], timeout: float) -> int:
+        p, t, _ = self.start(name, cmd)
+        return self.wait(name, p, t, timeout)
+
+    def output_of(self, name: str, cmd: list[str], timeout: float) -> str:
+        t = time.time()
+        try:
+            r = subprocess.run(cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+            text, rc = r.stdout + r.stderr, r.returncode
+        except (subprocess.TimeoutExpired, OSError) as exc:
+            text, rc = f"{name}: {exc}", -9
+        self.log.write(f"==== {name}\n{text}\n")
+        self.res["phases"][name] = {"rc": rc, "wall_s": round(time.time() - t, 1)}
+        return text
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_csv(path: Path) -> list[dict]:
+    import csv
+    try:
+        with open(path) as fh:
+            return list(csv.DictReader(fh))
+    except OSError:
+        return []
+
+
+def phase_env(r: Run) -> None:
+    cmds = {"nvidia-smi": ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            "python": [sys.executable, "-c",
+                       "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, "
+                       "'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() "
+                       "else None, 'cpu kernels', torch.backends.cpu.get_cpu_capability(), 'threads', "
+                       "torch.get_num_threads())"],
+            "cpu": ["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'; nproc"]}
+    env = {}
+    for k, c in cmds.items():
+        env[k] = r.output_of(f"env_{k}", c, 30).strip()
+        r.say(f"env {k}: {env[k]}")
+    r.res["env"] = env
+
+
+def phase_bench(r: Run) -> None:
+    dev = "cpu" if r.smoke else "cuda"
+    root = r.scratch / "bench_root"
+    root.mkdir(exist_ok=True)
+    for name, sub in (("processed", "processed"), ("features", "features"), ("collab", "collab"), ("sid", "sid_prism")):
+        link = root / name
+        if not link.exists():
+            link.symlink_to(r.inp / sub)
+    steps, users = ("3", "16") if r.smoke else ("60", "4096")
+    text = r.output_of("bench", [sys.executable, "bench/recommender_throughput.py", str(root), "--devices", dev,
+                                 "--steps", steps, "--users", users, "-S", "evaluate.batch_size=1024"],
+                       min(120, max(r.left() - 300, 30)))
+    lines = [ln for ln in text.splitlines() if ln.startswith(("machine:", dev))]
+    r.res["bench"] = lines
+    for ln in lines:
+        r.say(f"bench: {ln}")
+    m = re.search(r"([\d,]+) users/s batched", text)
+    r.res["bench_users_per_s"] = float(m.group(1).replace(",", "")) if m else None
+
+
+def rec_args(r: Run, name: str, sid: str, extra: list[str]) -> list[str]:
+    o = r.scratch / name
+    return ["--data", str(r.inp / "processed"), "--features", str(r.inp / "features"), "--collab",
+            str(r.inp / "collab"), "--sid", str(r.inp / sid), *r.common, *extra]
+
+
+def phase_rec(r: Run, rec_min: float) -> None:
+    # per-epoch validation on all valid users (issue 9), unless decoding is too slow for the allowance:
+    # then a fixed random subset sized to ~10 s of decoding (recorded in results.json)
+    ups = r.res.get("bench_users_per_s")
+    vu = 0 if (r.smoke or not ups or ups * 10 >= 22363) else max(2000, int(ups * 10) // 1000 * 1000)
+    r.res["valid_users"] = vu
+    extra = ["-S", f"recommender.time_budget_min={rec_min}", "-S", f"recommender.valid_users={vu}",
+             "-S", "recommender.eval_batch=1024"]
+    if r.smoke:
+        extra += ["-S", "synthetic.max_epochs=1"]
+    runs = {k: v for k, v in RUNS.items() if k in r.runs}
+    procs = {}
+    for name, (sid, sw) in runs.items():
+        o = r.scratch / name
+        cmd = r.prism("train", *rec_args(r, name, sid, extra + sw), "--out", str(o / "model"), "--ckpt",
+                      str(o / "ckpt"), "--metrics", str(o / "train.json"), "--curve", str(o / "train.csv"))
+        fh = open(r.out / f"log_{name}.txt", "a", buffering=1)
+        procs[name] = r.start(f"train_{name}", cmd, fh)
+    for name, (p, t, _) in procs.items():
+        r.wait(f"train_{name}", p, t, r.left() - 75)
+    for name in runs:
+        o = r.scratch / name
+        r.res.setdefault(name, {})["train"] = read_json(o / "train.json")
+        r.res[name]["curve"] = read_csv(o / "train.csv")
+
+
+def phase_eval(r: Run) -> None:
+    runs = {k: v for k, v in RUNS.items() if k in r.runs}
+    procs = {}
+    for name, (sid, sw) in runs.items():
+        o = r.scratch / name
+        if not (o / "model" / "model.pt").is_file():
+            r.say(f"eval_{name}: no trained model, skipped")
+            continue
+        cmd = r.prism("evaluate", *rec_args(r, name, sid, ["-S", "evaluate.batch_size=1024", *sw]), "--model",
+                      str(o / "model"), "--predictions", str(o / "predictions.parquet"), "--metrics",
+                      str(o / "eval.json"), "--groups-plot", str(o / "groups.csv"))
+        procs[name] = r.start(f"eval_{name}", cmd, open(r.out / f"log_{name}.txt", "a", buffering=1))
+    for name, (p, t, _) in procs.items():
+        r.wait(f"eval_{name}", p, t, r.left() - 10)
+        r.res.setdefault(name, {})["eval"] = read_json(r.scratch / name / "eval.json")
+
+
+def phase_upstream(r: Run) -> None:
+    w = r.scratch / "up"
+    small = ["-S", "collab.max_epochs=2", "-S", "collab.eval_every=1", "-S", "quantize.epochs=2"] if r.smoke else []
+    up: dict = {}
+    r.res["upstream"] = up
+    if r.left() < 20:
+        return
+    r.call("preprocess", r.prism("preprocess", *r.common, "--out", str(w / "processed"), "--stats",
+                                 str(w / "stats.json")), min(r.left() - 5, 120))
+    up["stats"] = read_json(w / "stats.json")
+    try:
+        import pandas as pd
+        same = all(pd.read_parquet(w / "processed" / f).equals(pd.read_parquet(r.inp / "processed" / f))
+                   for f in ("items.parquet", "train.parquet", "valid.parquet", "test.parquet"))
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal
+        same = f"not compared: {exc}"
+    up["preprocess_same_as_cpu"] = same
+    r.say(f"preprocess output identical to the CPU one: {same}")
+    if r.left() < 20:
+        return
+    r.call("collab", r.prism("collab", *r.common, *small, "--data", str(r.inp / "processed"), "--out",
+                             str(w / "collab"), "--metrics", str(w / "collab.json"), "--curve", str(w / "collab.csv")),
+           r.left() - 5)
+    up["collab"] = read_json(w / "collab.json")
+    up["collab_curve"] = read_csv(w / "collab.csv")
+    if r.left() < 20:
+        return
+    collab = w / "collab" if (w / "collab" / "item_emb.npy").is_file() else r.inp / "collab"
+    r.call("quantize", r.prism("quantize", *r.common, *small, "--data", str(r.inp / "processed"), "--features",
+                               str(r.inp / "features"), "--collab", str(collab), "--out", str(w / "quantizer"),
+                               "--metrics", str(w / "quantizer.json"), "--curve", str(w / "quantizer.csv")),
+           r.left() - 5)
+    up["quantize"] = read_json(w / "quantizer.json")
+    if r.left() < 10 or not (w / "quantizer" / "codes.npy").is_file():
+        return
+    r.call("dedup", r.prism("dedup", *r.common, "--data", str(r.inp / "processed"), "--quantizer",
+                            str(w / "quantizer"), "--out", str(w / "sid"), "--metrics", str(w / "dedup.json")),
+           r.left() - 2)
+    up["dedup"] = read_json(w / "dedup.json")
+
+
+def fmt(x, nd=4):
+    return f"{x:.{nd}f}" if isinstance(x, (int, float)) else "-"
+
+
+def summary(r: Run) -> str:
+    lines = [f"# GPU run {r.res['started']} ({'smoke, CPU' if r.smoke else 'Beauty'})", ""]
+    env = r.res.get("env", {})
+    lines += [f"- GPU: {env.get('nvidia-smi', '-')}", f"- {env.get('python', '-')}", f"- CPU: {env.get('cpu', '-')}"]
+    lines += [f"- bench: {b}" for b in r.res.get("bench", [])]
+    lines += [f"- per-epoch validation users: {r.res.get('valid_users', '-')} (0 = all)", ""]
+    lines += ["| run | epochs (best) | stopped | train s | samples/s | valid N@20 | test R@5 | R@10 | R@20 | N@5 | N@10 "
+              "| N@20 | eval users/s | ms/user b1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in ("prism", "tiger"):
+        d = r.res.get(name, {})
+        tr, ev = d.get("train") or {}, d.get("eval") or {}
+        t, v = ev.get("test", {}), ev.get("valid", {})
+        lines.append(f"| {name} | {tr.get('epochs', '-')} ({tr.get('best_epoch', '-')}) | {tr.get('stopped', '-')} | "
+                     f"{tr.get('train_wall_s', '-')} | {tr.get('last_samples_per_s', '-')} | {fmt(v.get('ndcg@20'))} | "
+                     + " | ".join(fmt(t.get(k)) for k in ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10",
+                                                          "ndcg@20"))
+                     + f" | {ev.get('test_users_per_s', '-')} | {ev.get('latency_ms_batch1', '-')} |")
+    up = r.res.get("upstream", {})
+    c, q, dd = up.get("collab") or {}, up.get("quantize") or {}, up.get("dedup") or {}
+    lines += ["", "| phase | rc | wall s | notes |", "|---|---|---|---|"]
+    notes = {"collab": f"valid R@20 {fmt(c.get('best_valid_recall@20', c.get('valid_recall@20')))}, "
+                       f"best epoch {c.get('best_epoch', '-')}",
+             "quantize": ", ".join(f"{k} {v}" for k, v in q.items() if isinstance(v, (int, float)))[:200],
+             "dedup": ", ".join(f"{k} {v}" for k, v in dd.items() if isinstance(v, (int, float)))[:200],
+             "preprocess": f"identical to CPU output: {up.get('preprocess_same_as_cpu', '-')}"}
+    for name, ph in r.res["phases"].items():
+        if name.startswith("env_"):
+            continue
+        lines.append(f"| {name} | {ph['rc']} | {ph['wall_s']} | {notes.get(name, '')} |")
+    lines.append(f"\ntotal wall {time.time() - r.t0:.0f}s")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("inp", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--total-s", type=float, default=450)
+    ap.add_argument("--rec-min", type=float, default=2.5)
+    ap.add_argument("--phases", default="env bench rec eval upstream")
+    ap.add_argument("--runs", default="prism,tiger", help="recommenders trained side by side: prism,tiger")
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    r = Run(a.inp.resolve(), a.out.resolve(), a.smoke, a.total_s)
+    r.runs = a.runs.split(",")
+    phases = a.phases.split()
+    steps = {"env": lambda: phase_env(r), "bench": lambda: phase_bench(r), "rec": lambda: phase_rec(r, a.rec_min),
+             "eval": lambda: phase_eval(r), "upstream": lambda: phase_upstream(r)}
+    for ph in phases:
+        try:
+            steps[ph]()
+        except Exception as exc:  # noqa: BLE001 - one broken phase must not lose the others' figures
+            r.say(f"phase {ph} failed: {exc!r}")
+            r.res["phases"][f"{ph}_error"] = {"rc": repr(exc), "wall_s": 0}
+        (a.out / "results.json").write_text(json.dumps(r.res, indent=1, default=str))
+    text = summary(r)
+    (a.out / "summary.md").write_text(text + "\n")
+    r.log.write(text + "\n")
+    print(text, flush=True)
+
+
+if __name__ == "__main__":
+    main()
