@@ -16,5 +16,6 @@ if ! $PY -c "import ruamel.yaml, typer, pandas, pyarrow, scipy, tqdm" 2>/dev/nul
     export PYTHONPATH=/tmp/prism_site${PYTHONPATH:+:$PYTHONPATH}
   fi
 fi
+if [[ " $* " == *" --smoke "* ]]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 exec $PY bench/gpu/run.py "$IN" "$OUT" "$@"

@@ -52,7 +52,7 @@ class Run:
                     "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
         if smoke:
             self.common = ["-S", "dataset=synthetic", "-S", "synthetic.size=tiny", "-S", "device=cpu",
-                           "-S", f"raw_dir={inp / 'raw'}", "-S", "download=false"]
+                           "-S", f"raw_dir={inp / 'raw'}", "-S", "download=false", "-S", "evaluate.latency_users=5"]
         else:
             self.common = ["-S", "dataset=beauty", "-S", "device=cuda", "-S", f"raw_dir={inp / 'raw'}",
                            "-S", "download=false"]

@@ -1,0 +1,60 @@
+"""The prepared GPU run (bench/gpu) end to end in its --smoke mode: CPU, tiny synthetic set, one-epoch
+settings, so that a typo never costs device time (issue 9). Also the CUDA-autocast dtype trap the
+first GPU run hit (MoE routing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_script_smoke(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHON": sys.executable, "SMOKE": "1"}
+    inp, out = tmp_path / "in", tmp_path / "out"
+    subprocess.run(["bash", "bench/gpu/prepare.sh", str(inp)], cwd=ROOT, env=env, check=True, capture_output=True)
+    for d in ("processed", "features", "collab", "sid_prism", "sid_rqvae"):
+        assert (inp / d).is_dir(), d
+    r = subprocess.run(["bash", "bench/gpu/beauty.sh", str(inp), str(out), "--smoke", "--rec-min", "0.05"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    bad = {k: v for k, v in res["phases"].items() if v["rc"] != 0 and not k.startswith("env_")}
+    assert not bad, (bad, (out / "log.txt").read_text()[-4000:])
+    for name in ("prism", "tiger"):
+        assert res[name]["train"]["epochs"] >= 1 and res[name]["curve"], name
+        ev = res[name]["eval"]
+        assert 0 <= ev["test"]["ndcg@20"] <= ev["test"]["recall@20"] <= 1
+        assert ev["valid_users_per_s"] > 0 and ev["latency_ms_batch1"] > 0
+    assert res["tiger"]["train"]["params"] < res["prism"]["train"]["params"]  # TIGER: DSI off
+    up = res["upstream"]
+    assert up["preprocess_same_as_cpu"] is True
+    assert up["collab"]["valid_recall@20"] > 0 and "collision_rate_final" in up["quantize"] and up["dedup"]
+    assert any("train" in b and "samples/s" in b for b in res["bench"])
+    # the summary table comes last on stdout (the device reply shows the end of the output)
+    tail = r.stdout.strip().splitlines()
+    assert tail[-1].startswith("total wall") and any(ln.startswith("| prism |") for ln in tail[-25:])
+    assert {p.name for p in out.iterdir()} <= {"results.json", "summary.md", "log.txt", "log_prism.txt",
+                                                 "log_tiger.txt"}  # what the device tool brings back
+
+
+def test_moe_routing_is_fp32_under_autocast():
+    """CUDA autocast runs softmax in fp32 while the gate's matmul is bf16; routing must not mix them
+    (the first H200 run failed on `scatter` there). Routing is computed in fp32 whatever the autocast."""
+    from pipeline.recommender import NoisyTopKMoE
+
+    moe = NoisyTopKMoE(16, 8, 3, 2, 0.0)
+    x = torch.randn(4, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w = moe.routing(x)
+        y = moe(x)
+    assert w.dtype == torch.float32
+    assert torch.allclose(w.sum(-1), torch.ones(4, 5)) and ((w > 0).sum(-1) == 2).all()
+    assert y.shape == (4, 5, 8) and torch.isfinite(y).all()
