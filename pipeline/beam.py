@@ -25,6 +25,14 @@ class TrieIndex:
         self.prefix = [trie[f"prefix_{l}"].to(device) for l in range(1, self.L + 1)]
         self.indptr = [trie[f"indptr_{l}"].to(device) for l in range(1, self.L + 1)]
         self.children = [trie[f"children_{l}"].to(device) for l in range(1, self.L + 1)]
+        # dense (n_prefixes + 1, K) masks of valid children per level (last row: unknown prefix), so
+        # that a beam step needs no data-dependent shapes (no host sync on CUDA)
+        self.masks = []
+        for pref, indptr, children in zip(self.prefix, self.indptr, self.children):
+            table = torch.zeros(len(pref) + 1, self.K, dtype=torch.bool, device=device)
+            rows = torch.repeat_interleave(torch.arange(len(pref), device=device), indptr[1:] - indptr[:-1])
+            table[rows, children] = True
+            self.masks.append(table)
         self.sid = trie["sid"].to(device)
         self.item_of_sid = trie["item_of_sid"].to(device)
 
@@ -39,14 +47,11 @@ class TrieIndex:
     def valid_next(self, level: int, prefix_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask (M, K) of the valid level-`level` (0-based) tokens after each prefix id (M,), and
         the branching factors N_l (M,). Unknown prefixes get an empty row and N_l = 0."""
-        lo, counts = self.branching(level, prefix_id)
-        children = self.children[level]
-        M = len(prefix_id)
-        rows = torch.repeat_interleave(torch.arange(M, device=prefix_id.device), counts)
-        offs = torch.arange(len(rows), device=prefix_id.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-        cols = children[torch.repeat_interleave(lo, counts) + offs]
-        mask = torch.zeros(M, self.K, dtype=torch.bool, device=prefix_id.device)
-        mask[rows, cols] = True
+        pref, indptr = self.prefix[level], self.indptr[level]
+        r = torch.searchsorted(pref, prefix_id).clamp(max=len(pref) - 1)
+        found = pref[r] == prefix_id
+        mask = self.masks[level][torch.where(found, r, torch.full_like(r, len(pref)))]
+        counts = torch.where(found, indptr[r + 1] - indptr[r], torch.zeros_like(r))
         return mask, counts
 
     def prefix_ids(self, codes: torch.Tensor, level: int) -> torch.Tensor:

@@ -289,9 +289,8 @@ def ssa_loss(o: torch.Tensor, q_tgt: torch.Tensor, tags: torch.Tensor, reg: nn.M
     total = o.new_zeros((), dtype=torch.float32)
     for l in range(o.shape[1]):
         total = total + (reg[l](o[:, l]).float() - q_tgt[:, l]).pow(2).sum(-1).mean()
-        m = tags[:, l] >= 0
-        if m.any():
-            total = total + F.cross_entropy(cls[l](o[m, l]).float(), tags[m, l], reduction="sum") / B
+        # missing tags (-1) are ignored; no boolean indexing, so no host sync per step
+        total = total + F.cross_entropy(cls[l](o[:, l]).float(), tags[:, l], ignore_index=-1, reduction="sum") / B
     return total
 
 

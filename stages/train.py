@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from pipeline import distributed as dd
 from pipeline.assets import build_model, load_assets, model_config
 from pipeline.beam import TrieIndex
 from pipeline.seqdata import SeqData, Windows
@@ -31,9 +32,17 @@ def train_cmd(
     metrics: Path = typer.Option(Path("metrics/train.json"), help="training summary"),
     curve: Path = typer.Option(Path("plots/train.csv"), help="per-epoch training/validation curve"),
 ):
-    """Train the Integrated Semantic Recommender (Eq. 10-18); resumes from the last checkpoint."""
+    """Train the Integrated Semantic Recommender (Eq. 10-18); resumes from the last checkpoint.
+    Multi-process: `torchrun --nproc_per_node=N $(which prism) train ...` (DDP; pipeline/distributed.py)."""
     p = params(params_file, set_)
-    device = resolve_device(p["device"])
+    device = dd.setup(resolve_device(p["device"]))
+    try:
+        _train(p, device, data, features, collab, sid, out, ckpt, metrics, curve)
+    finally:
+        dd.teardown()
+
+
+def _train(p, device, data, features, collab, sid, out, ckpt, metrics, curve):
     seed = p["seed"]
     seed_everything(seed)
     a = load_assets(data, features, collab, sid)
@@ -53,10 +62,14 @@ def train_cmd(
     valid = SeqData.from_heldout(a.valid, cfg.max_len)
     # what must match for a checkpoint to be resumed (the budget and patience may change)
     resumable = {k: v for k, v in asdict(fcfg).items() if k not in ("time_budget_min", "patience")}
+    if dd.world() > 1:  # another number of ranks is another epoch plan
+        resumable["world_size"] = dd.world()
     fingerprint = hashlib.md5(json.dumps([cfg.to_dict(), resumable, seed, a.fingerprint()], sort_keys=True)
                               .encode()).hexdigest()
     t0 = time.time()
     res = fit(model, train, valid, TrieIndex(a.trie, device), fcfg, device, seed, ckpt, fingerprint)
+    if not dd.is_main():
+        return
     write_torch(out / "model.pt", {"config": cfg.to_dict(), "state_dict": res.best_state})
     n_train = train.n_samples if cfg.causal else len(train)
     info = {**res.info, "params": model.n_params(), "train_samples": n_train, "device": device,

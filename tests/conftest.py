@@ -26,3 +26,17 @@ def tiny_raw(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny(tiny_raw):
     return preprocess(*tiny_raw, PreprocessConfig())
+
+
+@pytest.fixture(scope="session")
+def smoke_inputs(tmp_path_factory) -> Path:
+    """The prepared GPU run's input folder for the tiny synthetic set (bench/gpu/prepare.sh SMOKE=1):
+    processed/, features/, collab/, sid_prism/, sid_rqvae/ (one CPU-minute)."""
+    import os
+    import subprocess
+    import sys
+
+    inp = tmp_path_factory.mktemp("gpu_in")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "SMOKE": "1"}
+    subprocess.run(["bash", "bench/gpu/prepare.sh", str(inp)], cwd=ROOT, env=env, check=True, capture_output=True)
+    return inp

@@ -15,11 +15,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_script_smoke(tmp_path):
+def test_gpu_script_smoke(smoke_inputs, tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHON": sys.executable, "SMOKE": "1"}
-    inp, out = tmp_path / "in", tmp_path / "out"
-    subprocess.run(["bash", "bench/gpu/prepare.sh", str(inp)], cwd=ROOT, env=env, check=True, capture_output=True)
+           "PYTHON": sys.executable}
+    inp, out = smoke_inputs, tmp_path / "out"
     for d in ("processed", "features", "collab", "sid_prism", "sid_rqvae"):
         assert (inp / d).is_dir(), d
     r = subprocess.run(["bash", "bench/gpu/beauty.sh", str(inp), str(out), "--smoke", "--rec-min", "0.05"],

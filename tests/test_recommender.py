@@ -493,3 +493,16 @@ def test_recency_bias_learns_and_decodes_exactly(world):
         assert torch.allclose(torch.sort(ex[u], descending=True).values, scores[u], atol=1e-4)
     with pytest.raises(ValueError, match="causal"):
         make(world, recency_bias=True)
+
+
+def test_valid_users_auto_is_all_on_cuda_and_a_subset_on_cpu():
+    import pytest
+
+    from pipeline.train_rec import valid_users
+
+    assert valid_users("auto", "cuda") == 0 and valid_users("auto", "cuda:1") == 0
+    assert valid_users("auto", "cpu") == 2000
+    assert valid_users(0, "cpu") == 0 and valid_users(500, "cuda") == 500
+    for bad in (-1, "all", 1.5, True):
+        with pytest.raises(ValueError, match="valid_users"):
+            valid_users(bad, "cpu")
