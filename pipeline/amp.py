@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from .utils import ParamError
 
 SPEEDUP = 1.15  # bf16 must beat fp32 by this factor on the probe to be chosen
 # kernel sets on which bf16 may be native; AVX2/DEFAULT never have it
@@ -40,7 +41,7 @@ def _normalise(amp) -> str:
         return "off"
     amp = str(amp).lower()
     if amp not in ("auto", "bf16", "off"):
-        raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got '{amp}'")
+        raise ParamError(f"amp must be 'auto', 'bf16' or 'off', got '{amp}'")
     return amp
 
 

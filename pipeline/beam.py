@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .dedup import sid_int
+from .utils import ParamError
 
 
 class TrieIndex:
@@ -75,7 +76,7 @@ def constrained_logp(model, o: torch.Tensor, level: int, prefix_id: torch.Tensor
     """log p(token | prefix) of the valid children, −inf elsewhere, with τ_gen(N_l) (Eq. 16-17 at
     inference); normalised over the valid children (`renorm`) or the full vocabulary (`full`)."""
     if norm not in NORMS:
-        raise ValueError(f"decode_norm must be one of {NORMS}, got '{norm}'")
+        raise ParamError(f"decode_norm must be one of {NORMS}, got '{norm}'")
     logits = model.logits(o, level)
     mask, n_children = trie.valid_next(level, prefix_id)
     tau = model.temperature(n_children)

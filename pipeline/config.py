@@ -12,13 +12,16 @@ PyYAML's YAML 1.1 would read a bare `off` as False and `1e-3` as a string.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Iterable
 
 from ruamel.yaml import YAML
 
+from .utils import ParamError, PrismError
 
-class ParamsError(KeyError):
+
+class ParamsError(PrismError, KeyError):
     pass
 
 
@@ -59,7 +62,7 @@ def yaml12_load(text: str) -> Any:
 
 def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
-        raise ValueError(f"--set expects KEY=VALUE, got '{item}'")
+        raise ParamError(f"--set expects KEY=VALUE, got '{item}'")
     key, raw = item.split("=", 1)
     return key.strip(), yaml12_load(raw) if raw.strip() else ""
 
@@ -72,11 +75,30 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
             f"{path}: params file not found. Run from the project root or pass --params PATH."
         )
     data = yaml12_load(path.read_text()) or {}
+    known = flat_keys(data)
     for item in overrides:
         key, value = _parse_override(item)
         node = data
         parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                hint = f" Did you mean '{close[0]}'?" if close else f" See {path} for every key."
+                raise ParamsError(f"--set {item}: unknown param '{key}' (not in {path}).{hint}")
+            if i < len(parts) - 1:
+                node = node[part]
+        if isinstance(node[parts[-1]], dict):
+            raise ParamsError(f"--set {item}: '{key}' is a group of params; set one of its keys, e.g. "
+                              f"'{key}.{next(iter(node[parts[-1]]), '...')}'.")
         node[parts[-1]] = value
     return Params(data, source=str(path))
+
+
+def flat_keys(data: dict, prefix: str = "") -> list[str]:
+    """Every dotted key of a nested params dict (groups and leaves)."""
+    out = []
+    for k, v in data.items():
+        out.append(prefix + str(k))
+        if isinstance(v, dict):
+            out += flat_keys(v, prefix + str(k) + ".")
+    return out

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .utils import log
+from .utils import ParamError, log
 
 
 @dataclass
@@ -116,13 +116,13 @@ def dedup(codes: np.ndarray, z: np.ndarray, codebooks: np.ndarray, cfg: DedupCon
     L, K, _ = codebooks.shape
     N = len(codes)
     if N > K ** L:
-        raise ValueError(f"{N} items cannot have unique IDs with {K}^{L} = {K ** L} codes")
+        raise ParamError(f"{N} items cannot have unique IDs with {K}^{L} = {K ** L} codes")
     ids = sid_int(codes, K)
     err = ((z - reconstruction(codes, codebooks)) ** 2).sum(1)
     # keeper per collision group: closest reconstruction (or first index), the others move
     order = np.lexsort((np.arange(N), err)) if cfg.keep == "closest" else np.arange(N)
     if cfg.keep not in ("closest", "first"):
-        raise ValueError(f"dedup.keep must be 'closest' or 'first', got '{cfg.keep}'")
+        raise ParamError(f"dedup.keep must be 'closest' or 'first', got '{cfg.keep}'")
     _, first_pos = np.unique(ids[order], return_index=True)
     keepers = np.zeros(N, dtype=bool)
     keepers[order[first_pos]] = True

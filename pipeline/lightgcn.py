@@ -17,8 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from .progress import progress
 from .metrics import recall_ndcg, target_ranks
 from .utils import log
 
@@ -119,7 +119,7 @@ def train_lightgcn(train_users, train_items, n_users, n_items, valid_users, vali
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     best, best_state, best_epoch, curve = -1.0, None, 0, []
     t0 = time.time()
-    bar = tqdm(range(1, cfg.max_epochs + 1), desc="lightgcn", leave=False)
+    bar = progress(range(1, cfg.max_epochs + 1), desc="lightgcn", leave=False)
     epoch = 0
     for epoch in bar:
         model.train()

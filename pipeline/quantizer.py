@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .utils import ParamError
 
 
 @dataclass
@@ -79,7 +80,7 @@ def acd_loss(g: torch.Tensor, popularity: torch.Tensor, delta: float, variance: 
         return (align + spread).mean()
     if variance == "batch":
         return align.mean() + F.relu(delta - g.var(dim=0, unbiased=False).mean())
-    raise ValueError(f"acd_variance must be 'item' or 'batch', got '{variance}'")
+    raise ParamError(f"acd_variance must be 'item' or 'batch', got '{variance}'")
 
 
 class ResidualQuantizer(nn.Module):

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .utils import ParamError
 
 
 @dataclass
@@ -74,7 +75,7 @@ class RecConfig:
 
     def __post_init__(self):
         if self.encoder not in ("bidirectional", "causal"):
-            raise ValueError(f"recommender.encoder must be 'bidirectional' or 'causal', got '{self.encoder}'")
+            raise ParamError(f"recommender.encoder must be 'bidirectional' or 'causal', got '{self.encoder}'")
 
     @property
     def causal(self) -> bool:
@@ -321,7 +322,7 @@ class PrismRecommender(nn.Module):
         self.out = nn.Parameter(torch.randn(L, K, cfg.d_model) * cfg.d_model ** -0.5)  # w_j per level
         if cfg.recency_bias:
             if not cfg.causal:
-                raise ValueError("recommender.recency_bias needs recommender.encoder: causal")
+                raise ParamError("recommender.recency_bias needs recommender.encoder: causal")
             self.cross_bias = nn.Parameter(torch.zeros(cfg.n_heads, cfg.max_len))  # 0: starts as no bias
         if cfg.ssa:
             self.ssa_reg = nn.ModuleList(nn.Linear(cfg.d_model, cfg.d_cb) for _ in range(L))

@@ -12,11 +12,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from .progress import progress
 from .quantizer import PurifiedSemanticQuantizer, QuantizerConfig
 from .sid_metrics import sid_metrics
-from .utils import log
+from .utils import ParamError, log
 
 
 @dataclass
@@ -94,7 +94,7 @@ def train_quantizer(data: dict, qcfg: QuantizerConfig, tcfg: TrainConfig, device
     n = len(full["e_cont"])
     best, best_epoch, history = float("inf"), 0, []
     t0 = time.time()
-    bar = tqdm(range(1, tcfg.epochs + 1), desc=f"quantize", leave=False)
+    bar = progress(range(1, tcfg.epochs + 1), desc=f"quantize", leave=False)
     for epoch in bar:
         model.train()
         perm = torch.randperm(n, generator=gen).to(device)
@@ -171,4 +171,4 @@ def tokenizer_config(name: str, base: QuantizerConfig) -> QuantizerConfig:
         return base
     if name == "rqvae":
         return replace(base, acd=False, hsa=False, dhr=False, use_collab=False)
-    raise ValueError(f"tokenizer must be 'prism', 'rqvae' or 'rqkmeans', got '{name}'")
+    raise ParamError(f"tokenizer must be 'prism', 'rqvae' or 'rqkmeans', got '{name}'")

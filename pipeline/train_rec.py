@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import distributed as dd
 from .amp import AmpChoice, autocast, resolve_amp
 from .beam import TrieIndex, beam_search
 from .metrics import recall_ndcg, target_ranks
+from .progress import progress as progress_bar
 from .seqdata import SeqData, Windows, epoch_batches, window_batches
-from .utils import log, write_torch
+from .utils import ParamError, log, write_torch
 
 
 def clock() -> float:
@@ -67,23 +67,31 @@ class FitResult:
 
 @torch.no_grad()
 def rank(model, data: SeqData, idx: np.ndarray, trie: TrieIndex, beam: int, topk: int, batch: int,
-         device: str, amp: AmpChoice | str = "auto", progress: str | None = None, norm: str = "renorm") -> np.ndarray:
-    """Top-k item lists (n, topk) for the samples `idx`, by trie-constrained beam search."""
+         device: str, amp: AmpChoice | str = "auto", progress: str | None = None, norm: str = "renorm",
+         with_scores: bool = False):
+    """Top-k item lists (n, topk) for the samples `idx`, by trie-constrained beam search (and their
+    log-probabilities (n, topk) with `with_scores`)."""
     model.eval()
     amp = amp if isinstance(amp, AmpChoice) else resolve_amp(amp, device)
-    out = []
+    out, sc = [], []
     perm = np.argsort(data.lengths[idx], kind="stable")  # similar lengths per batch
     order = idx[perm]
     steps = range(0, len(order), batch)
-    for s in (tqdm(steps, desc=progress, leave=False) if progress else steps):
+    for s in (progress_bar(steps, desc=progress, leave=False) if progress else steps):
         b = data.batch(order[s:s + batch], model.cfg.time_buckets, device, model.cfg.causal)
         with autocast(device, amp):
-            items, _ = beam_search(model, b, trie, beam, topk, norm)
+            items, scores = beam_search(model, b, trie, beam, topk, norm)
         out.append(items.cpu().numpy())
+        sc.append(scores.float().cpu().numpy())
     ranked = np.concatenate(out) if out else np.zeros((0, topk), np.int64)
     res = np.empty_like(ranked)
     res[perm] = ranked  # back to the order of idx
-    return res
+    if not with_scores:
+        return res
+    scored = np.concatenate(sc) if sc else np.zeros((0, topk), np.float32)
+    res_s = np.empty_like(scored)
+    res_s[perm] = scored
+    return res, res_s
 
 
 @torch.no_grad()
@@ -132,7 +140,7 @@ def valid_users(setting: int | str, device: str) -> int:
     if setting == "auto":
         return 0 if str(device).startswith("cuda") else 2000
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
-        raise ValueError(f"recommender.valid_users must be a count >= 0 (0 = all) or 'auto', got {setting!r}")
+        raise ParamError(f"recommender.valid_users must be a count >= 0 (0 = all) or 'auto', got {setting!r}")
     return setting
 
 
@@ -160,7 +168,7 @@ def lr_factor(cfg: FitConfig, step: int, total_steps: int, train_s: float = 0.0,
     fraction of `total_steps` (= max_epochs) and the time fraction of the budget, so a budget run
     reaches 0 when its budget is spent."""
     if cfg.scheduler not in ("cosine", "constant"):
-        raise ValueError(f"recommender.scheduler must be 'cosine' or 'constant', got '{cfg.scheduler}'")
+        raise ParamError(f"recommender.scheduler must be 'cosine' or 'constant', got '{cfg.scheduler}'")
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
     if cfg.scheduler == "constant":
         return warm
@@ -255,7 +263,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
             done, sums, n_seen = 0, {}, 0
         n_epoch = n_seen
         cut = False
-        bar = tqdm(batches[done:], desc=f"train epoch {epoch}", leave=False, disable=not dd.is_main() or None)
+        bar = progress_bar(batches[done:], desc=f"train epoch {epoch}", leave=False, disable=not dd.is_main() or None)
         for j, idx in enumerate(bar):
             f = lr_factor(cfg, state["step"], total_steps, state["train_s"] + clock() - t0, budget_s)
             for g in opt.param_groups:

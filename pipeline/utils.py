@@ -17,8 +17,17 @@ import numpy as np
 log = logging.getLogger("prism")
 
 
-class DataError(Exception):
+class PrismError(Exception):
+    """A user-facing error: its message names what is wrong and the fix; stages print it as one line.
+    Anything else that escapes a stage is a bug and keeps its traceback (stages/common.py)."""
+
+
+class DataError(PrismError):
     """Bad or missing input, with a message that names the file, the record and the fix."""
+
+
+class ParamError(PrismError, ValueError):
+    """A param (or option) with a value the code cannot use; the message names it and the choices."""
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -90,5 +99,5 @@ def resolve_device(name: str = "auto") -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use 'auto' or 'cpu'.")
+        raise ParamError(f"device '{name}' requested but CUDA is not available; use 'auto' or 'cpu'.")
     return name

@@ -2,7 +2,7 @@
 
 import typer
 
-from . import collab, dedup, embed, evaluate, preprocess, quantize, synth, train
+from . import collab, dedup, embed, evaluate, preprocess, quantize, recommend, synth, train
 
 app = typer.Typer(
     name="prism",
@@ -19,6 +19,7 @@ app.command("quantize")(quantize.quantize_cmd)
 app.command("dedup")(dedup.dedup_cmd)
 app.command("train")(train.train_cmd)
 app.command("evaluate")(evaluate.evaluate_cmd)
+app.command("recommend")(recommend.recommend_cmd)
 app.command("synth")(synth.synth_cmd)
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pandas as pd
 import typer
 
 from pipeline.lightgcn import CollabConfig, train_als, train_lightgcn
-from pipeline.utils import atomic_path, resolve_device, seed_everything, write_json, write_npy
+from pipeline.utils import ParamError, atomic_path, resolve_device, seed_everything, write_json, write_npy
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
 
@@ -39,7 +39,7 @@ def collab_cmd(
     elif cfg.method == "als":
         res = train_als(tu, ti, n_users, n_items, vu, vt, cfg, p["seed"])
     else:
-        raise ValueError(f"collab.method must be 'lightgcn' or 'als', got '{cfg.method}'")
+        raise ParamError(f"collab.method must be 'lightgcn' or 'als', got '{cfg.method}'")
     write_npy(out / "item_emb.npy", res.item_emb)
     write_npy(out / "user_emb.npy", res.user_emb)
     write_json(metrics, {**res.metrics, "device": device})

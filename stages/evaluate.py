@@ -16,7 +16,7 @@ from pipeline.metrics import group_metrics, popularity_groups, popularity_topk, 
 from pipeline.recommender import RecConfig
 from pipeline.seqdata import SeqData
 from pipeline.train_rec import batch1_latency_ms, rank
-from pipeline.utils import atomic_path, resolve_device, seed_everything, write_json, write_parquet
+from pipeline.utils import ParamError, atomic_path, resolve_device, seed_everything, write_json, write_parquet
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
 
@@ -43,7 +43,7 @@ def evaluate_cmd(
     beam, batch, norm = p["evaluate.beam_size"], p["evaluate.batch_size"], p["decode_norm"]
     amp = resolve_amp(p["evaluate.amp"], device)
     if beam < max(KS):
-        raise ValueError(f"evaluate.beam_size ({beam}) must be >= the largest K ({max(KS)})")
+        raise ParamError(f"evaluate.beam_size ({beam}) must be >= the largest K ({max(KS)})")
     a = load_assets(data, features, collab, sid)
     ck = torch.load(model_dir / "model.pt", map_location=device, weights_only=False)
     cfg = RecConfig.from_dict(ck["config"])

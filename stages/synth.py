@@ -7,6 +7,7 @@ import typer
 from pipeline.data.synthetic import SIZES, generate
 
 from .common import stage, summary
+from pipeline.utils import ParamError
 
 
 @stage
@@ -17,7 +18,7 @@ def synth_cmd(
 ):
     """Write the synthetic dataset in the official raw formats (what `preprocess` does for dataset=synthetic)."""
     if size not in SIZES:
-        raise ValueError(f"--size must be one of {', '.join(SIZES)}, got '{size}'")
+        raise ParamError(f"--size must be one of {', '.join(SIZES)}, got '{size}'")
     reviews, meta = generate(out, size, seed)
     summary(f"synth: {size} (seed {seed}) -> {reviews}, {meta}")
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.embed import PAPER_MODEL, encode, load_model, resolve_model
+from pipeline.utils import DataError
 
 
 def test_packaged_model_resolves_to_local_folder():
@@ -24,5 +25,5 @@ def test_packaged_model_embeds_offline(monkeypatch):
 def test_hub_model_offline_gives_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # empty cache
-    with pytest.raises(RuntimeError, match="needs network.*embed_model=all-MiniLM-L6-v2"):
+    with pytest.raises(DataError, match="needs network.*embed_model=all-MiniLM-L6-v2"):
         load_model(PAPER_MODEL, "cpu")

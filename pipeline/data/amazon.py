@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tqdm import tqdm
 
+from ..progress import progress
 from ..utils import DataError, atomic_path, log
 
 # dataset key (params.yaml `dataset`) -> official category name used in the file names
@@ -105,7 +105,7 @@ def download(url: str, dest: Path, timeout: float = 15.0) -> Path:
     h = hashlib.sha256()
     with urllib.request.urlopen(url, timeout=timeout) as resp, atomic_path(dest) as tmp:
         total = int(resp.headers.get("Content-Length") or 0) or None
-        with open(tmp, "wb") as out, tqdm(
+        with open(tmp, "wb") as out, progress(
             total=total, unit="B", unit_scale=True, desc=dest.name, leave=False
         ) as bar:
             while block := resp.read(1 << 20):
@@ -209,7 +209,7 @@ def read_reviews(path: Path, bad_records: str = "error") -> tuple[list[tuple[str
     """Read (reviewerID, asin, unixReviewTime) triples; extra fields are ignored."""
     report = ReadReport()
     rows: list[tuple[str, str, int]] = []
-    for lineno, raw in tqdm(_lines(path), desc=f"read {path.name}", unit=" lines", leave=False):
+    for lineno, raw in progress(_lines(path), desc=f"read {path.name}", unit=" lines", leave=False):
         if not raw.strip():
             continue
         report.lines += 1
@@ -240,7 +240,7 @@ def read_meta(path: Path, wanted: set[str] | None = None, bad_records: str = "er
     """Read meta records keyed by asin. Lines whose asin is not in `wanted` are not parsed."""
     report = ReadReport()
     out: dict[str, dict] = {}
-    for lineno, raw in tqdm(_lines(path), desc=f"read {path.name}", unit=" lines", leave=False):
+    for lineno, raw in progress(_lines(path), desc=f"read {path.name}", unit=" lines", leave=False):
         if not raw.strip():
             continue
         report.lines += 1

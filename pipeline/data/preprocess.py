@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..utils import log
+from ..utils import ParamError, log
 from .amazon import DataError, read_meta, read_reviews
 
 MISSING_TAG = -1  # depth has no tag (path too short / no categories); masked out of tag losses
@@ -72,7 +72,7 @@ def order_interactions(df: pd.DataFrame, tie_break: str) -> pd.DataFrame:
     elif tie_break == "file_order":
         keys = ["user", "ts", "line"]
     else:
-        raise ValueError(f"preprocess.tie_break must be 'asin' or 'file_order', got '{tie_break}'")
+        raise ParamError(f"preprocess.tie_break must be 'asin' or 'file_order', got '{tie_break}'")
     return df.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
@@ -109,7 +109,7 @@ def popularity(counts: np.ndarray, transform: str = "none") -> np.ndarray:
     if transform == "log1p":
         x = np.log1p(x)
     elif transform != "none":
-        raise ValueError(f"preprocess.popularity_transform must be 'none' or 'log1p', got '{transform}'")
+        raise ParamError(f"preprocess.popularity_transform must be 'none' or 'log1p', got '{transform}'")
     lo, hi = x.min(), x.max()
     return ((x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)).astype(np.float32)
 

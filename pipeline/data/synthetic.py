@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from ..progress import progress
 from ..utils import atomic_path, log
 from .amazon import file_names
 
@@ -180,7 +180,7 @@ def generate(out_dir: str | Path, size: str | SyntheticSize = "small", seed: int
     users = [f"U{v:012d}" for v in rng.choice(10**12, size=spec.n_users, replace=False)]
     day0 = dt.date(2010, 1, 1).toordinal()
     rows: list[tuple[str, str, int]] = []
-    for u in tqdm(range(spec.n_users), desc="synthetic users", leave=False):
+    for u in progress(range(spec.n_users), desc="synthetic users", leave=False):
         k_dom = int(rng.integers(1, 4))
         doms = rng.choice(len(dom_names), size=k_dom, replace=False)
         dom_w = np.cumsum(rng.dirichlet(np.ones(k_dom)))

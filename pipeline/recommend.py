@@ -1,0 +1,184 @@
+"""Recommendations from a trained pipeline, for anyone: the Python API behind `prism recommend`.
+
+    from pipeline.recommend import Recommender
+    rec = Recommender.load()                          # the DVC outputs of `dvc repro`
+    rec.recommend([["S003245760", "S004500122"]], k=10)   # histories of asins, oldest first
+    rec.recommend_users(["U000989993926"], k=10)          # dataset users by reviewerID
+
+A query is a history of asins, oldest first, with optional unix timestamps (for Δt, Eq. 10; without
+them every item counts as bought the same day). Dataset users are looked up by reviewerID: their
+whole known sequence (train, valid and test items) is the history, so the result is the next-item
+recommendation after the last item seen. Results are ranked by trie-constrained beam search over all
+items (the same `rank` as `prism evaluate`): each item with its asin, title and log-probability.
+
+Bad queries raise `QueryError` naming the query and the fix; `on_error="skip"` skips them instead
+and counts them in `skipped`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .amp import resolve_amp
+from .assets import build_model, load_assets
+from .beam import TrieIndex
+from .recommender import RecConfig
+from .seqdata import SeqData
+from .train_rec import rank
+from .utils import DataError, resolve_device
+
+
+class QueryError(DataError):
+    """A query that cannot be answered (unknown asin or user, empty or too long history, bad line)."""
+
+
+@dataclass
+class Query:
+    """One request: a history of asins (oldest first), optional unix times, and a label for messages."""
+
+    history: list[str]
+    times: list[int] | None = None
+    label: str = ""
+    user: str | None = None
+
+
+@dataclass
+class Result:
+    query: Query
+    items: list[dict]  # {"asin", "title", "score"}, best first
+
+
+@dataclass
+class Recommender:
+    model: torch.nn.Module
+    cfg: RecConfig
+    trie: TrieIndex
+    items: pd.DataFrame
+    users: dict[str, tuple[np.ndarray, np.ndarray]]  # reviewerID -> (item ids, times), whole sequence
+    device: str
+    amp: object
+    norm: str = "renorm"
+    skipped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, model: str | Path = "models/recommender", data: str | Path = "data/processed",
+             features: str | Path = "data/features", collab: str | Path = "models/collab",
+             sid: str | Path = "data/sid", device: str = "auto", amp: str = "auto",
+             norm: str = "renorm") -> "Recommender":
+        """Load a trained pipeline (defaults: the paths `dvc repro` writes)."""
+        device = resolve_device(device)
+        path = Path(model) / "model.pt"
+        if not path.is_file():
+            raise DataError(f"{path}: no trained model. Run `dvc repro` (or `prism train`) first, or pass "
+                            "the train output folder.")
+        a = load_assets(Path(data), Path(features), Path(collab), Path(sid))
+        ck = torch.load(path, map_location=device, weights_only=False)
+        cfg = RecConfig.from_dict(ck["config"])
+        net = build_model(cfg, a).to(device)
+        net.load_state_dict(ck["state_dict"])
+        net.eval()
+        test = a.test
+        users = {uid: (np.append(h, t).astype(np.int64), np.append(ht, tt).astype(np.int64))
+                 for uid, h, ht, t, tt in zip(test["user_id"], test["history"], test["history_times"],
+                                              test["target"], test["target_time"])}
+        return cls(net, cfg, TrieIndex(a.trie, device), a.items, users, device, resolve_amp(amp, device), norm)
+
+    @property
+    def max_len(self) -> int:
+        return self.cfg.max_len
+
+    # ------------------------------------------------------------------ queries -> item ids
+    def _index(self) -> dict[str, int]:
+        if not hasattr(self, "_asin_index"):
+            self._asin_index = {a: i for i, a in enumerate(self.items["asin"].to_numpy())}
+        return self._asin_index
+
+    def _encode(self, q: Query, truncate: bool) -> tuple[np.ndarray, np.ndarray]:
+        where = f"{q.label}: " if q.label else ""
+        if q.user is not None:
+            if q.user not in self.users:
+                raise QueryError(f"{where}unknown user '{q.user}': not a reviewerID of this dataset "
+                                 f"({len(self.users):,} users). Give the user's history as asins instead.")
+            ids, times = self.users[q.user]
+        else:
+            if not q.history:
+                raise QueryError(f"{where}empty history: give at least one asin.")
+            index = self._index()
+            unknown = [a for a in q.history if a not in index]
+            if unknown:
+                raise QueryError(f"{where}unknown asin(s) {', '.join(map(repr, unknown[:5]))}"
+                                 f"{' …' if len(unknown) > 5 else ''}: not in this dataset's item set "
+                                 f"({len(index):,} items, data/processed/items.parquet). Remove them.")
+            ids = np.array([index[a] for a in q.history], np.int64)
+            if q.times is not None and len(q.times) != len(q.history):
+                raise QueryError(f"{where}{len(q.times)} timestamps for {len(q.history)} asins: give one "
+                                 "unix time per asin, or none (same day).")
+            times = np.array(q.times if q.times is not None else [0] * len(ids), np.int64)
+        if len(ids) > self.max_len:
+            if not truncate and q.user is None:
+                raise QueryError(f"{where}history of {len(ids)} items is longer than the model's window "
+                                 f"({self.max_len}); pass truncate=True (--truncate) to keep the most recent "
+                                 f"{self.max_len}.")
+            ids, times = ids[-self.max_len:], times[-self.max_len:]  # a user's long history: the window
+        return ids, times
+
+    # ------------------------------------------------------------------ ranking
+    def recommend_queries(self, queries: Iterable[Query], k: int = 10, beam: int = 30, batch: int = 256,
+                          on_error: str = "error", truncate: bool = False, progress=None) -> list[Result]:
+        if on_error not in ("error", "skip"):
+            raise ValueError(f"on_error must be 'error' or 'skip', got '{on_error}'")
+        if beam < k:
+            raise QueryError(f"beam ({beam}) must be >= k ({k}): the beam keeps the k best items.")
+        kept, enc = [], []
+        for q in queries:
+            try:
+                enc.append(self._encode(q, truncate))
+                kept.append(q)
+            except QueryError as exc:
+                if on_error == "error":
+                    raise
+                self.skipped.append(str(exc))
+        if not kept:
+            return []
+        df = pd.DataFrame({"history": [e[0] for e in enc], "history_times": [e[1] for e in enc],
+                           "target": [0] * len(enc), "target_time": [int(e[1][-1]) for e in enc]})
+        data = SeqData.from_heldout(df, self.max_len)
+        top, scores = rank(self.model, data, np.arange(len(data)), self.trie, beam, k, batch, self.device,
+                           self.amp, progress, self.norm, with_scores=True)
+        asins, titles = self.items["asin"].to_numpy(), self.items["title"].to_numpy()
+        return [Result(q, [{"asin": str(asins[i]), "title": str(titles[i]), "score": round(float(s), 4)}
+                           for i, s in zip(row, srow) if i >= 0])
+                for q, row, srow in zip(kept, top, scores)]
+
+    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, times: Sequence[Sequence[int]] | None = None,
+                  **kw) -> list[list[dict]]:
+        """Top-k items for each history of asins (oldest first); `times`: unix seconds per asin."""
+        qs = [Query(list(h), list(times[i]) if times is not None else None, f"history {i + 1}")
+              for i, h in enumerate(histories)]
+        return [r.items for r in self.recommend_queries(qs, k, **kw)]
+
+    def recommend_users(self, users: Sequence[str], k: int = 10, **kw) -> list[list[dict]]:
+        """Top-k next items for dataset users (reviewerID), after their whole known sequence."""
+        qs = [Query([], None, f"user {u}", user=u) for u in users]
+        return [r.items for r in self.recommend_queries(qs, k, **kw)]
+
+    def latency_ms(self, query: Query, k: int = 10, beam: int = 30, repeats: int = 5) -> float:
+        """Median wall time of one query at batch size 1, after a warm-up call."""
+        self.recommend_queries([query], k, beam)
+        ts = []
+        for _ in range(repeats):
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            self.recommend_queries([query], k, beam)
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t0)
+        return 1000 * float(np.median(ts))

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from pipeline.recommend import Query, QueryError, Recommender
+
+from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, SID_OPT, stage
+
+SPLIT = lambda s: [x for x in s.replace(";", " ").replace("|", " ").replace(",", " ").split() if x]  # noqa: E731
+
+
+def _times(raw, where: str) -> list[int] | None:
+    if raw is None or raw == "" or raw == []:
+        return None
+    vals = raw if isinstance(raw, list) else SPLIT(str(raw))
+    try:
+        return [int(float(v)) for v in vals]
+    except (TypeError, ValueError):
+        raise QueryError(f"{where}: timestamps must be unix seconds, got {raw!r}") from None
+
+
+def read_queries(path: Path) -> list[Query | QueryError]:
+    """Queries from a JSON-lines file ({"user": ID} or {"history": [ASIN, ...], "times": [...], "id": ...})
+    or a CSV file (columns `user` or `history`, optional `times`, `id`; lists separated by spaces,
+    `;` or `|`). A malformed line becomes a QueryError in place, so that it can be skipped and counted."""
+    if not path.is_file():
+        raise QueryError(f"{path}: input file not found.")
+    out: list[Query | QueryError] = []
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not ({"user", "history"} & set(reader.fieldnames)):
+                raise QueryError(f"{path}: a CSV needs a header with a `user` or a `history` column "
+                                 f"(got {reader.fieldnames}).")
+            for n, row in enumerate(reader, start=2):
+                where = f"{path}:{n}"
+                try:
+                    out.append(_query(row, where))
+                except QueryError as exc:
+                    out.append(exc)
+        return out
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+            out.append(_query(obj, where))
+        except ValueError as exc:
+            out.append(QueryError(f"{where}: malformed line ({exc}); expected e.g. "
+                                  '{"history": ["ASIN1", "ASIN2"]} or {"user": "REVIEWER_ID"}'))
+        except QueryError as exc:
+            out.append(exc)
+    return out
+
+
+def _query(obj: dict, where: str) -> Query:
+    label = f"{where}" + (f" (id {obj['id']})" if obj.get("id") not in (None, "") else "")
+    user = obj.get("user")
+    if user not in (None, ""):
+        return Query([], None, label, user=str(user))
+    hist = obj.get("history")
+    if hist is None:
+        raise QueryError(f"{where}: neither `user` nor `history` given.")
+    hist = [str(h) for h in hist] if isinstance(hist, list) else SPLIT(str(hist))
+    return Query(hist, _times(obj.get("times"), where), label)
+
+
+@stage
+def recommend_cmd(
+    users: str = typer.Option(None, "--users", help="reviewerIDs of dataset users, comma-separated"),
+    history: str = typer.Option(None, "--history", help="one history: asins oldest first, comma-separated"),
+    times: str = typer.Option(None, "--times", help="unix seconds per --history asin (default: same day)"),
+    input_file: Path = typer.Option(None, "--input", help="queries: JSON lines or CSV (see --help of the docs)"),
+    k: int = typer.Option(10, "--k", help="items per query"),
+    beam: int = typer.Option(30, "--beam", help="beam width (>= k)"),
+    batch: int = typer.Option(256, "--batch", help="queries per batch"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    on_error: str = typer.Option("error", "--on-error", help="error: stop at the first bad query | skip: count it"),
+    truncate: bool = typer.Option(False, "--truncate", help="keep the most recent items of too long histories"),
+    timing: bool = typer.Option(False, "--timing", help="also time one query at batch size 1"),
+    out: Path = typer.Option(None, "--out", help="write the JSON lines here instead of stdout"),
+    model_dir: Path = typer.Option(Path("models/recommender"), "--model", help="train output folder"),
+    data: Path = DATA_OPT,
+    features: Path = FEATURES_OPT,
+    collab: Path = COLLAB_OPT,
+    sid: Path = SID_OPT,
+):
+    """Top-K items for dataset users or for histories of asins, from the trained pipeline (JSON lines)."""
+    if on_error not in ("error", "skip"):
+        raise QueryError(f"--on-error must be 'error' or 'skip', got '{on_error}'")
+    queries: list[Query | QueryError] = []
+    if users:
+        queries += [Query([], None, f"--users {u}", user=u) for u in SPLIT(users)]
+    if history is not None:
+        queries.append(Query(SPLIT(history), _times(times, "--times"), "--history"))
+    if input_file is not None:
+        queries += read_queries(input_file)
+    if not queries:
+        raise QueryError("nothing to recommend for: give --users, --history or --input (see prism recommend --help).")
+    bad = [q for q in queries if isinstance(q, QueryError)]
+    if bad and on_error == "error":
+        raise bad[0]
+    rec = Recommender.load(model_dir, data, features, collab, sid, device)
+    rec.skipped += [str(b) for b in bad]
+    t0 = time.time()
+    results = rec.recommend_queries([q for q in queries if isinstance(q, Query)], k, beam, batch, on_error,
+                                    truncate, progress="recommend")
+    wall = time.time() - t0
+    fh = open(out, "w") if out else sys.stdout
+    try:
+        for r in results:
+            q = r.query
+            rec_line = {"query": q.label, **({"user": q.user} if q.user else {"history": q.history}), "items": r.items}
+            fh.write(json.dumps(rec_line) + "\n")
+    finally:
+        if out:
+            fh.close()
+    line = (f"recommend: {len(results)} queries answered, {len(rec.skipped)} skipped, top {k} (beam {beam}) on "
+            f"{rec.device} in {wall:.2f}s")
+    if timing and results:
+        line += f"; batch-1 latency {rec.latency_ms(results[0].query, k, beam):.1f} ms/query"
+    for msg in rec.skipped[:20]:
+        print(f"prism recommend: skipped {msg}", file=sys.stderr)
+    if len(rec.skipped) > 20:
+        print(f"prism recommend: … and {len(rec.skipped) - 20} more skipped", file=sys.stderr)
+    print(line + (f" -> {out}" if out else ""), file=sys.stdout if out else sys.stderr)
