@@ -29,6 +29,19 @@ class _Lines:
         self.stream.flush()
 
 
+class _Steady(tqdm):
+    """tqdm whose postfix/description changes wait for the next timed update instead of printing."""
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_postfix_str(self, s="", refresh=True):
+        super().set_postfix_str(s, refresh=False)
+
+    def set_description(self, desc=None, refresh=True):
+        super().set_description(desc, refresh=False)
+
+
 def interactive() -> bool:
     try:
         return sys.stderr.isatty()
@@ -43,4 +56,5 @@ def progress(iterable=None, **kwargs) -> tqdm:
         kwargs.setdefault("mininterval", interval)
         kwargs.setdefault("maxinterval", interval)
         kwargs.update(file=_Lines(sys.stderr), dynamic_ncols=False, ncols=100, ascii=True)
+        return _Steady(iterable, **kwargs)
     return tqdm(iterable, **kwargs)

@@ -2,7 +2,7 @@
 
 import typer
 
-from . import collab, dedup, embed, evaluate, preprocess, quantize, recommend, synth, train
+from . import collab, dedup, embed, evaluate, preprocess, quantize, recommend, report, synth, train
 
 app = typer.Typer(
     name="prism",
@@ -20,6 +20,7 @@ app.command("dedup")(dedup.dedup_cmd)
 app.command("train")(train.train_cmd)
 app.command("evaluate")(evaluate.evaluate_cmd)
 app.command("recommend")(recommend.recommend_cmd)
+app.command("report")(report.report_cmd)
 app.command("synth")(synth.synth_cmd)
 
 if __name__ == "__main__":

@@ -55,8 +55,10 @@ def test_set_parses_yaml12_numbers_and_rejects_unknown_keys(tmp_path):
 def test_progress_off_a_terminal_writes_a_few_whole_lines(capsys, monkeypatch):
     monkeypatch.setenv("PRISM_PROGRESS_S", "0.2")
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    for _ in progress(range(4000), desc="work", total=4000):
+    bar = progress(range(4000), desc="work", total=4000)
+    for i in bar:
         time.sleep(0.0003)  # ~1.2 s or more: a few updates at most
+        bar.set_postfix(loss=f"{i:.3f}")  # as the training loops do: must not print by itself
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert "\r" not in err and 1 <= len(lines) <= 15 and all(ln.startswith("work:") for ln in lines)

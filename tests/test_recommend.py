@@ -4,25 +4,27 @@ synthetic set: ranked output, agreement with `prism evaluate`, and every bad inp
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 import pytest
 
+from typer.testing import CliRunner
+
 from pipeline.recommend import Query, QueryError, Recommender
+from stages.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["-S", "recommender.enc_layers=1", "-S", "recommender.dec_layers=1", "-S", "recommender.d_ff=128"]
 
 
-def _prism(*args: str, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    return subprocess.run([sys.executable, "-m", "stages.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600, **kw)
+def _prism(*args: str) -> SimpleNamespace:
+    """`prism ARGS` in this process (typer's runner: ~4 s less than a subprocess per call)."""
+    res = CliRunner().invoke(app, list(args))
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return SimpleNamespace(returncode=res.exit_code, stdout=res.stdout, stderr=res.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,7 @@ def trained(smoke_inputs, tmp_path_factory):
     io = ["--data", str(inp / "processed"), "--features", str(inp / "features"), "--collab", str(inp / "collab"),
           "--sid", str(inp / "sid_prism")]
     common = ["-S", "dataset=synthetic", "-S", "synthetic.size=tiny", "-S", "device=cpu"]
+    common = ["--params", str(ROOT / "params.yaml"), *common]
     r = _prism("train", *common, *SMALL, "-S", "synthetic.max_epochs=1", *io, "--out", str(out / "model"),
                "--ckpt", str(out / "ckpt"), "--metrics", str(out / "train.json"), "--curve", str(out / "train.csv"))
     assert r.returncode == 0, r.stderr[-3000:]

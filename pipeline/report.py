@@ -1,0 +1,170 @@
+"""Results tables the way papers report them: variants as rows, Recall/NDCG@{5,10,20} as mean ± sd
+over seeds, the paper's figures beside them when known (`prism report`).
+
+Input: `dvc exp show --json` (DVC 3: a list of baseline revisions, each with its experiments). Every
+experiment (and the baseline commit, when it has metrics) is one run; runs are grouped into variants
+by the params that differ from the baseline commit, `seed` aside, so
+`dvc exp run --queue -S seed=1 -S hsa=false` lands in the row "hsa=false" with its other seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .utils import DataError
+
+METRICS = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20")
+HEAD = ("R@5", "R@10", "R@20", "N@5", "N@10", "N@20")
+TIGER_SWITCHES = {"tokenizer": "rqvae", "dsi": False, "ssa": False, "ats": False, "dt": False}
+
+# Beauty, test split (paper Table 2 / Table 4); None where the paper gives no figure
+PAPER = {
+    "beauty": {
+        "PRISM": {"recall@10": 0.0713, "recall@20": 0.1030, "ndcg@10": 0.0387, "ndcg@20": 0.0467},
+        "TIGER": {"recall@10": 0.0588, "recall@20": 0.0857, "ndcg@10": 0.0309, "ndcg@20": 0.0377},
+        "w/o acd": {"recall@10": 0.0691, "recall@20": 0.1029, "ndcg@10": 0.0375},
+        "w/o hsa": {"recall@10": 0.0652, "recall@20": 0.1001, "ndcg@10": 0.0341},
+        "w/o dhr": {"recall@10": 0.0688, "recall@20": 0.1015, "ndcg@10": 0.0368},
+        "w/o dsi": {"recall@10": 0.0675, "recall@20": 0.0968, "ndcg@10": 0.0366},
+        "w/o ssa": {"recall@10": 0.0695, "recall@20": 0.1021, "ndcg@10": 0.0379},
+        "w/o ats": {"recall@10": 0.0682, "recall@20": 0.1007, "ndcg@10": 0.0363},
+    }
+}
+
+
+@dataclass
+class Run:
+    name: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+@dataclass
+class Variant:
+    label: str
+    diff: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _file_data(section: dict | None, name: str) -> dict:
+    entry = (section or {}).get(name) or {}
+    return entry.get("data") or {}
+
+
+def runs_from_exp_show(obj: list, params_file: str = "params.yaml",
+                       metrics_file: str = "metrics/eval.json") -> tuple[dict[str, Any], list[Run]]:
+    """The baseline commit's params and every finished run (the baseline too, if it has metrics)."""
+    base_params: dict[str, Any] | None = None
+    runs: list[Run] = []
+    for entry in obj:
+        if entry.get("rev") == "workspace":
+            continue  # the workspace is a copy of HEAD or of an applied experiment
+        data = entry.get("data") or {}
+        params = flatten(_file_data(data.get("params"), params_file))
+        if base_params is None:
+            base_params = params
+        metrics = _file_data(data.get("metrics"), metrics_file)
+        if metrics:
+            runs.append(Run(entry.get("name") or entry["rev"][:7], params, metrics))
+        for rng in entry.get("experiments") or []:
+            state = ((rng.get("executor") or {}).get("state")) or "success"
+            if state != "success" or not rng.get("revs"):
+                continue
+            exp = rng["revs"][0]
+            ed = exp.get("data") or {}
+            metrics = _file_data(ed.get("metrics"), metrics_file)
+            if metrics:
+                runs.append(Run(rng.get("name") or exp.get("name") or exp["rev"][:7],
+                                flatten(_file_data(ed.get("params"), params_file)), metrics))
+    if base_params is None:
+        raise DataError("dvc exp show --json: no baseline commit found (is this a DVC repo with commits?)")
+    return base_params, runs
+
+
+def group(base: dict[str, Any], runs: list[Run], ignore: tuple[str, ...] = ("seed",)) -> list[Variant]:
+    variants: dict[tuple, Variant] = {}
+    for r in runs:
+        diff = {k: v for k, v in r.params.items() if k not in ignore and base.get(k) != v}
+        diff.update({k: None for k in base if k not in r.params and k not in ignore})
+        key = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in diff.items()))
+        if key not in variants:
+            variants[key] = Variant(label(diff), diff)
+        variants[key].runs.append(r)
+    return sorted(variants.values(), key=lambda v: (len(v.diff), v.label))
+
+
+def label(diff: dict[str, Any]) -> str:
+    if not diff:
+        return "baseline"
+    if all(diff.get(k) == v for k, v in TIGER_SWITCHES.items()):
+        rest = {k: v for k, v in diff.items() if k not in TIGER_SWITCHES}
+        return "TIGER" + (f" ({_kv(rest)})" if rest else "")
+    return _kv(diff)
+
+
+def _kv(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={'true' if v is True else 'false' if v is False else v}" for k, v in sorted(d.items()))
+
+
+def paper_row(v: Variant, base: dict[str, Any]) -> dict | None:
+    table = PAPER.get(str(base.get("dataset")))
+    if not table:
+        return None
+    if v.label == "baseline" and base.get("tokenizer", "prism") == "prism":
+        return table["PRISM"]
+    if v.label == "TIGER":
+        return table["TIGER"]
+    if len(v.diff) == 1:
+        (k, val), = v.diff.items()
+        if val is False and f"w/o {k}" in table:
+            return table[f"w/o {k}"]
+    return None
+
+
+def mean_sd(xs: list[float]) -> str:
+    if not xs:
+        return "–"
+    m = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return f"{m:.4f}"
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+    return f"{m:.4f} ± {sd:.4f}"
+
+
+def table(base: dict[str, Any], variants: list[Variant], split: str = "test") -> str:
+    lines = [f"| variant | seeds | {' | '.join(HEAD)} |", "|---|---|" + "---|" * len(HEAD)]
+    for v in variants:
+        seeds = sorted({r.params.get("seed") for r in v.runs}, key=str)
+        vals = [mean_sd([float(r.metrics[split][m]) for r in v.runs if m in r.metrics.get(split, {})])
+                for m in METRICS]
+        lines.append(f"| {v.label} | {len(v.runs)} ({', '.join(map(str, seeds))}) | {' | '.join(vals)} |")
+        paper = paper_row(v, base)
+        if paper and split == "test":
+            lines.append(f"| ↳ paper ({base.get('dataset')}) | | "
+                         + " | ".join(f"{paper[m]:.4f}" if m in paper else "–" for m in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def exp_show_json(repo: Path = Path(".")) -> list:
+    try:
+        out = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True, text=True, check=True)
+    except FileNotFoundError:
+        raise DataError("`dvc` not found on PATH: activate the project's environment (source .venv/bin/activate).") from None
+    except subprocess.CalledProcessError as exc:
+        raise DataError(f"`dvc exp show --json` failed: {exc.stderr.strip()[-500:]}") from None
+    return json.loads(out.stdout)
