@@ -21,11 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.amp import cpu_capability, resolve_amp  # noqa: E402
-from pipeline.assets import build_model, load_assets, model_config  # noqa: E402
-from pipeline.beam import TrieIndex  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
-from pipeline.seqdata import SeqData, Windows  # noqa: E402
-from pipeline.train_rec import batch1_latency_ms, epoch_plan, make_batch, n_samples, rank, sync_device as sync, train_step  # noqa: E402,E501
+from pipeline.recommender.assets import build_model, load_assets, model_config  # noqa: E402
+from pipeline.recommender.beam import TrieIndex  # noqa: E402
+from pipeline.recommender.evaluate import batch1_latency_ms, rank, sync_device as sync  # noqa: E402
+from pipeline.recommender.seqdata import SeqData, Windows  # noqa: E402
+from pipeline.recommender.train import epoch_plan, make_batch, n_samples, train_step  # noqa: E402
 
 
 def machine() -> str:

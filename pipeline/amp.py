@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-from .utils import ParamError
+
+from pipeline.utils import ParamError
 
 SPEEDUP = 1.15  # bf16 must beat fp32 by this factor on the probe to be chosen
 # kernel sets on which bf16 may be native; AVX2/DEFAULT never have it

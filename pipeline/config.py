@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from ruamel.yaml import YAML
 
-from .utils import ParamError, PrismError
+from pipeline.utils import ParamError, PrismError
 
 
 class ParamsError(PrismError, KeyError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .utils import DataError
+from pipeline.utils import DataError
 
 METRICS = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20")
 HEAD = ("R@5", "R@10", "R@20", "N@5", "N@10", "N@20")

@@ -2,7 +2,18 @@
 
 import typer
 
-from . import collab, dedup, embed, evaluate, preprocess, quantize, recommend, report, synth, train
+from . import (
+    collab,
+    dedup,
+    embed,
+    evaluate,
+    preprocess,
+    quantize,
+    recommend,
+    report,
+    synth,
+    train,
+)
 
 app = typer.Typer(
     name="prism",

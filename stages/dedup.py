@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.dedup import DedupConfig, build_trie, dedup
-from pipeline.sid_metrics import sid_metrics
+from pipeline.tokenizer.dedup import DedupConfig, build_trie, dedup
+from pipeline.tokenizer.sid_metrics import sid_metrics
 from pipeline.utils import write_json, write_npy, write_parquet, write_torch
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary

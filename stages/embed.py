@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from pipeline.embed import encode, load_model
+from pipeline.features.embed import encode, load_model
 from pipeline.utils import resolve_device, write_json, write_npy
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary

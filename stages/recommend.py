@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.recommend import Query, QueryError, Recommender
+from pipeline.recommender.recommend import Query, QueryError, Recommender
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, SID_OPT, stage
 

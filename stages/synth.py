@@ -5,9 +5,9 @@ from pathlib import Path
 import typer
 
 from pipeline.data.synthetic import SIZES, generate
+from pipeline.utils import ParamError
 
 from .common import stage, summary
-from pipeline.utils import ParamError
 
 
 @stage

@@ -5,10 +5,10 @@ from __future__ import annotations
 import gzip
 
 import pytest
+from helpers import meta, review, write_gz_lines
 
 from pipeline.data.amazon import DataError
 from pipeline.data.preprocess import PreprocessConfig, preprocess
-from helpers import meta, review, write_gz_lines
 
 
 def good_lines(n_users=6, n_items=6):

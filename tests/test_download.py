@@ -7,8 +7,8 @@ import http.server
 import threading
 
 import pytest
-
 from helpers import meta, review, write_gz_lines
+
 from pipeline.data.amazon import DataError, ensure_raw
 
 

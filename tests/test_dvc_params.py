@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import yaml
+from conftest import ROOT
 from typer.testing import CliRunner
 
 import stages.collab
@@ -15,7 +16,6 @@ import stages.evaluate
 import stages.preprocess
 import stages.quantize
 import stages.train
-from conftest import ROOT
 from stages.cli import app
 
 STAGES = {"preprocess": stages.preprocess, "embed": stages.embed, "collab": stages.collab,
@@ -74,7 +74,9 @@ def test_stage_outputs_and_summaries(pipeline_run):
     assert last["preprocess"].startswith("preprocess: synthetic: ")
     assert last["embed"].startswith("embed: ") and last["collab"].startswith("collab: lightgcn")
     assert last["train"].startswith("train: ") and last["evaluate"].startswith("evaluate: test R@10")
-    import pandas as pd, json
+    import json
+
+    import pandas as pd
     pred = pd.read_parquet(work / "data/predictions.parquet")
     ev = json.loads((work / "metrics/eval.json").read_text())
     assert set(pred["split"]) == {"valid", "test"} and pred["topk"].map(len).max() == 20

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.embed import PAPER_MODEL, encode, load_model, resolve_model
+from pipeline.features.embed import PAPER_MODEL, encode, load_model, resolve_model
 from pipeline.utils import DataError
 
 

@@ -47,7 +47,7 @@ def test_gpu_script_smoke(smoke_inputs, tmp_path):
 def test_moe_routing_is_fp32_under_autocast():
     """CUDA autocast runs softmax in fp32 while the gate's matmul is bf16; routing must not mix them
     (the first H200 run failed on `scatter` there). Routing is computed in fp32 whatever the autocast."""
-    from pipeline.recommender import NoisyTopKMoE
+    from pipeline.recommender.model import NoisyTopKMoE
 
     moe = NoisyTopKMoE(16, 8, 3, 2, 0.0)
     x = torch.randn(4, 5, 16)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from conftest import ROOT
 from dvc.utils.serialize import modify_yaml
 
-from conftest import ROOT
 from pipeline.config import load_params
 
 

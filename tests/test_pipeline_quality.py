@@ -7,9 +7,9 @@ import json
 import shutil
 
 import pytest
+from conftest import ROOT
 from typer.testing import CliRunner
 
-from conftest import ROOT
 from stages.cli import app
 
 FAST = ["-S", "synthetic.size=tiny", "-S", "collab.max_epochs=20", "-S", "collab.eval_every=5",

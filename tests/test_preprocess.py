@@ -5,12 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import meta, review, write_gz_lines
 
 from pipeline.data.preprocess import (
-    MISSING_TAG, PreprocessConfig, build_tags, choose_path, item_text, kcore_filter, popularity,
+    MISSING_TAG,
+    PreprocessConfig,
+    build_tags,
+    choose_path,
+    item_text,
+    kcore_filter,
+    popularity,
     preprocess,
 )
-from helpers import meta, review, write_gz_lines
 
 
 def test_kcore_cascades_until_stable():

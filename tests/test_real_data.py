@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import need_shared
+
 from pipeline.data.amazon import ensure_raw
 from pipeline.data.preprocess import PreprocessConfig, preprocess
 

@@ -1,4 +1,4 @@
-"""`prism recommend` and the Python API (pipeline/recommend.py) on a model trained on the tiny
+"""`prism recommend` and the Python API (pipeline/recommender/recommend.py) on a model trained on the tiny
 synthetic set: ranked output, agreement with `prism evaluate`, and every bad input of issue 11."""
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-
 from typer.testing import CliRunner
 
-from pipeline.recommend import Query, QueryError, Recommender
+from pipeline.recommender.recommend import Query, QueryError, Recommender
 from stages.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,12 +9,18 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.beam import TrieIndex, beam_search, score_all_items
-from pipeline.dedup import build_trie
-from pipeline.metrics import group_metrics, popularity_groups, popularity_topk, recall_ndcg, target_ranks
-from pipeline.recommender import PrismRecommender, RecConfig, ats_temperature
-from pipeline.seqdata import SeqData, dt_bucket, epoch_batches
-from pipeline.train_rec import FitConfig, fit
+from pipeline.metrics import (
+    group_metrics,
+    popularity_groups,
+    popularity_topk,
+    recall_ndcg,
+    target_ranks,
+)
+from pipeline.recommender.beam import TrieIndex, beam_search, score_all_items
+from pipeline.recommender.model import PrismRecommender, RecConfig, ats_temperature
+from pipeline.recommender.seqdata import SeqData, dt_bucket, epoch_batches
+from pipeline.recommender.train import FitConfig, fit
+from pipeline.tokenizer.dedup import build_trie
 
 N, L, K, D_CONT, D_COL = 60, 3, 8, 12, 6
 DAY = 86400
@@ -293,7 +299,7 @@ def test_a_larger_budget_continues_a_budget_stopped_run(world, tmp_path):
 
 
 def test_budget_schedule_ends_annealed():
-    from pipeline.train_rec import lr_factor
+    from pipeline.recommender.train import lr_factor
 
     cfg = FitConfig(warmup_steps=10, max_epochs=300)
     total = 100_000  # steps of 300 epochs: far beyond what the budget allows
@@ -310,7 +316,7 @@ def test_budget_schedule_ends_annealed():
 
 
 def test_budget_run_trains_at_the_floor_at_its_end(world, monkeypatch):
-    from pipeline import train_rec
+    from pipeline.recommender import train as train_rec
 
     ticks = iter(range(10**6))
     monkeypatch.setattr(train_rec, "clock", lambda: next(ticks) * 0.5)  # every clock read: +0.5 s
@@ -364,7 +370,7 @@ def test_ranking_head_is_fp32_under_bf16_autocast(world):
 
 
 def test_windows_cover_every_training_sample_once():
-    from pipeline.seqdata import Windows, window_batches
+    from pipeline.recommender.seqdata import Windows, window_batches
 
     rng = np.random.default_rng(3)
     lens = [2, 5, 6, 7, 13, 31]
@@ -398,7 +404,7 @@ def test_windows_cover_every_training_sample_once():
 def test_prefix_parallel_loss_equals_per_prefix_losses(world, recency_bias):
     """One pass over a window gives, for every target, the loss the causal model gives to that
     target's prefix encoded on its own (what inference sees): no target sees its own future."""
-    from pipeline.seqdata import Windows
+    from pipeline.recommender.seqdata import Windows
 
     train = world[3].iloc[:3].copy()  # sequences of max_len + 1 items: one window each, exact prefixes
     train["items"] = train["items"].map(lambda x: x[:6])
@@ -432,7 +438,7 @@ def test_causal_and_bidirectional_agree_on_a_one_item_history(world):
 
 
 def test_causal_training_learns_and_decodes(world):
-    from pipeline.seqdata import Windows
+    from pipeline.recommender.seqdata import Windows
 
     _, trie, _, train, held = world
     cfg = FitConfig(batch_size=16, max_epochs=3, warmup_steps=2, valid_users=0, beam_size=20, amp="off")
@@ -480,7 +486,7 @@ def test_recency_bias_learns_and_decodes_exactly(world):
         m.cross_bias.copy_(torch.randn_like(m.cross_bias))
     b = SeqData.from_heldout(world[4], 5).batch(np.arange(6), m.cfg.time_buckets, causal=True)
     m.train()
-    from pipeline.seqdata import Windows
+    from pipeline.recommender.seqdata import Windows
 
     wb = Windows.from_train(world[3], 5).batch(np.arange(8), m.cfg.time_buckets)
     m.loss(wb)[0].backward()
@@ -498,7 +504,7 @@ def test_recency_bias_learns_and_decodes_exactly(world):
 def test_valid_users_auto_is_all_on_cuda_and_a_subset_on_cpu():
     import pytest
 
-    from pipeline.train_rec import valid_users
+    from pipeline.recommender.train import valid_users
 
     assert valid_users("auto", "cuda") == 0 and valid_users("auto", "cuda:1") == 0
     assert valid_users("auto", "cpu") == 2000

@@ -156,7 +156,6 @@ def phase_bench(r: Run) -> None:
 
 
 def rec_args(r: Run, name: str, sid: str, extra: list[str]) -> list[str]:
-    o = r.scratch / name
     return ["--data", str(r.inp / "processed"), "--features", str(r.inp / "features"), "--collab",
             str(r.inp / "collab"), "--sid", str(r.inp / sid), *r.common, *extra]
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-
 from ..progress import progress
 from ..utils import DataError, atomic_path, log
 

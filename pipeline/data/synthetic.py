@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import gzip
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .utils import ParamError
+
+from pipeline.utils import ParamError
 
 
 @dataclass

@@ -18,9 +18,9 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from .progress import progress
-from .metrics import recall_ndcg, target_ranks
-from .utils import log
+from pipeline.metrics import recall_ndcg, target_ranks
+from pipeline.progress import progress
+from pipeline.utils import log
 
 
 @dataclass

@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .progress import progress
-from .quantizer import PurifiedSemanticQuantizer, QuantizerConfig
-from .sid_metrics import sid_metrics
-from .utils import ParamError, log
+from pipeline.progress import progress
+from pipeline.tokenizer.quantizer import PurifiedSemanticQuantizer, QuantizerConfig
+from pipeline.tokenizer.sid_metrics import sid_metrics
+from pipeline.utils import ParamError
 
 
 @dataclass
@@ -94,7 +94,7 @@ def train_quantizer(data: dict, qcfg: QuantizerConfig, tcfg: TrainConfig, device
     n = len(full["e_cont"])
     best, best_epoch, history = float("inf"), 0, []
     t0 = time.time()
-    bar = progress(range(1, tcfg.epochs + 1), desc=f"quantize", leave=False)
+    bar = progress(range(1, tcfg.epochs + 1), desc="quantize", leave=False)
     for epoch in bar:
         model.train()
         perm = torch.randperm(n, generator=gen).to(device)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .utils import ParamError
+
+from pipeline.utils import ParamError
 
 
 @dataclass

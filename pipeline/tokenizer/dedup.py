@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .utils import ParamError, log
+from pipeline.utils import ParamError
 
 
 @dataclass

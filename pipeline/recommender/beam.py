@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .dedup import sid_int
-from .utils import ParamError
+from pipeline.tokenizer.dedup import sid_int
+from pipeline.utils import ParamError
 
 
 class TrieIndex:

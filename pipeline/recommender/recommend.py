@@ -1,9 +1,9 @@
 """Recommendations from a trained pipeline, for anyone: the Python API behind `prism recommend`.
 
-    from pipeline.recommend import Recommender
+    from pipeline.recommender.recommend import Recommender
     rec = Recommender.load()                          # the DVC outputs of `dvc repro`
-    rec.recommend([["S003245760", "S004500122"]], k=10)   # histories of asins, oldest first
-    rec.recommend_users(["U000989993926"], k=10)          # dataset users by reviewerID
+    rec.recommend([["S000642303", "S000824615"]], k=10)   # histories of asins, oldest first
+    rec.recommend_users(["U000197807826"], k=10)          # dataset users by reviewerID
 
 A query is a history of asins, oldest first, with optional unix timestamps (for Δt, Eq. 10; without
 them every item counts as bought the same day). Dataset users are looked up by reviewerID: their
@@ -26,13 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .amp import resolve_amp
-from .assets import build_model, load_assets
-from .beam import TrieIndex
-from .recommender import RecConfig
-from .seqdata import SeqData
-from .train_rec import rank
-from .utils import DataError, resolve_device
+from pipeline.amp import resolve_amp
+from pipeline.recommender.assets import build_model, load_assets
+from pipeline.recommender.beam import TrieIndex
+from pipeline.recommender.evaluate import rank
+from pipeline.recommender.model import RecConfig
+from pipeline.recommender.seqdata import SeqData
+from pipeline.utils import DataError, resolve_device
 
 
 class QueryError(DataError):

