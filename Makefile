@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install repro test clean-venv
+.PHONY: install repro test show clean-venv
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ repro: install
 
 test: install
 	pytest -q
+
+# the headline metrics of the workspace and every experiment, first (dvc exp show has ~270 columns)
+show:
+	dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|Created|^test\.(recall|ndcg)@(10|20)$$|^valid\.ndcg@20$$'
 
 clean-venv:
 	rm -rf $(VENV)
