@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_script_smoke(smoke_inputs, tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHON": sys.executable}
-    inp, out = smoke_inputs, tmp_path / "out"
-    for d in ("processed", "features", "collab", "sid_prism", "sid_rqvae"):
-        assert (inp / d).is_dir(), d
+    # the light input (raw, processed, features only: what a session without CPU-made IDs packs), so the
+    # run's prep phase computes collab, both quantizers and dedup first, as it would on the GPU
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for d in ("raw", "processed", "features"):
+        shutil.copytree(smoke_inputs / d, inp / d)
+    for d in ("processed", "features", "collab", "sid_prism", "sid_rqvae"):  # the fixture, complete
+        assert (smoke_inputs / d).is_dir(), d
     r = subprocess.run(["bash", "bench/gpu/beauty.sh", str(inp), str(out), "--smoke", "--rec-min", "0.05"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -33,9 +39,10 @@ def test_gpu_script_smoke(smoke_inputs, tmp_path):
         assert 0 <= ev["test"]["ndcg@20"] <= ev["test"]["recall@20"] <= 1
         assert ev["valid_users_per_s"] > 0 and ev["latency_ms_batch1"] > 0
     assert res["tiger"]["train"]["params"] < res["prism"]["train"]["params"]  # TIGER: DSI off
-    up = res["upstream"]
-    assert up["preprocess_same_as_cpu"] is True
-    assert up["collab"]["valid_recall@20"] > 0 and "collision_rate_final" in up["quantize"] and up["dedup"]
+    prep = res["prep"]
+    assert prep["collab"]["valid_recall@20"] > 0 and prep["dedup_prism"] and prep["dedup_rqvae"]
+    assert prep["quantize_prism"]["tokenizer"] == "prism" and prep["quantize_rqvae"]["tokenizer"] == "rqvae"
+    assert res["upstream"] == {}  # measured by prep already
     assert any("train" in b and "samples/s" in b for b in res["bench"])
     # the summary table comes last on stdout (the device reply shows the end of the output)
     tail = r.stdout.strip().splitlines()

@@ -3,6 +3,7 @@
 Runs, in this order, each phase as its own `prism` process (so one failure does not stop the rest)
 and each bounded by what is left of `--total-s`:
   env       nvidia-smi, torch/CUDA versions, CPU
+  prep      only when IN lacks them: collab, quantize (PRISM, RQ-VAE), dedup on the GPU
   bench     bench/recommender_throughput.py on CUDA: training samples/s, decoding users/s
   rec       PRISM and TIGER recommenders trained side by side on the one GPU, each with a wall-clock
             training budget (`--rec-min`), on the semantic IDs computed beforehand on CPU (the ones
@@ -14,8 +15,9 @@ OUT gets: results.json (every metric, curve and wall time), summary.md (the tabl
 log.txt (this driver's log and the phases' output), log_prism.txt, log_tiger.txt.
 
 IN (made on CPU by bench/gpu/prepare.sh): raw/<Category>/ (official files), processed/, features/
-(MiniLM content embeddings: the GPU machine has no model hub), collab/item_emb.npy, sid_prism/,
-sid_rqvae/.
+(MiniLM content embeddings: the GPU machine has no model hub), and, when the CPU computed them,
+collab/item_emb.npy, sid_prism/, sid_rqvae/; without those the `prep` phase computes them first on
+the GPU (collab, then the PRISM and RQ-VAE quantizers side by side, dedup), and `upstream` is skipped.
 
 `--smoke` runs the same phases on CPU on the tiny synthetic set with one-epoch settings (a test runs
 it), so a typo never costs GPU time.
@@ -46,6 +48,8 @@ class Run:
         self.scratch = out.parent / (out.name + "_work") if smoke else Path("/tmp/prism_gpu_work")
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.log = open(out / "log.txt", "a", buffering=1)
+        # where the recommenders' inputs are: IN's, or what the prep phase computes when IN lacks them
+        self.paths = {k: inp / k for k in ("collab", "sid_prism", "sid_rqvae")}
         self.res: dict = {"phases": {}, "smoke": smoke, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
         self.env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                     "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1",
@@ -135,14 +139,51 @@ def phase_env(r: Run) -> None:
     r.res["env"] = env
 
 
+def phase_prep(r: Run, qepochs: int | None) -> None:
+    """When IN holds only raw/, processed/ and features/ (the CPU part: MiniLM needs the model hub or the
+    packaged weights), compute collab, the PRISM and RQ-VAE quantizers (side by side) and dedup here."""
+    if all((r.paths[k] / f).is_file() for k, f in (("collab", "item_emb.npy"), ("sid_prism", "sid.parquet"),
+                                                   ("sid_rqvae", "sid.parquet"))):
+        r.say("prep: IN has collab/, sid_prism/, sid_rqvae/: nothing to compute")
+        return
+    w = r.scratch / "prep"
+    small = ["-S", "collab.max_epochs=2", "-S", "collab.eval_every=1", "-S", "quantize.epochs=2"] if r.smoke else []
+    if qepochs:
+        small += ["-S", f"quantize.epochs={qepochs}"]
+    prep: dict = {}
+    r.res["prep"] = prep
+    if not (r.paths["collab"] / "item_emb.npy").is_file():
+        r.call("prep_collab", r.prism("collab", *r.common, *small, "--data", str(r.inp / "processed"), "--out",
+                                      str(w / "collab"), "--metrics", str(w / "collab.json"), "--curve",
+                                      str(w / "collab.csv")), r.left() - 60)
+        r.paths["collab"] = w / "collab"
+        prep["collab"] = read_json(w / "collab.json")
+    procs = {}
+    for v, tok in (("prism", "prism"), ("rqvae", "rqvae")):
+        cmd = r.prism("quantize", *r.common, *small, "-S", f"tokenizer={tok}", "--data", str(r.inp / "processed"),
+                      "--features", str(r.inp / "features"), "--collab", str(r.paths["collab"]), "--out",
+                      str(w / f"q_{v}"), "--metrics", str(w / f"q_{v}.json"), "--curve", str(w / f"q_{v}.csv"))
+        procs[v] = r.start(f"prep_quantize_{v}", cmd)
+    for v, (p, t, _) in procs.items():
+        r.wait(f"prep_quantize_{v}", p, t, r.left() - 30)
+        prep[f"quantize_{v}"] = read_json(w / f"q_{v}.json")
+    for v in ("prism", "rqvae"):
+        r.call(f"prep_dedup_{v}", r.prism("dedup", *r.common, "--data", str(r.inp / "processed"), "--quantizer",
+                                          str(w / f"q_{v}"), "--out", str(w / f"sid_{v}"), "--metrics",
+                                          str(w / f"d_{v}.json")), r.left() - 20)
+        r.paths[f"sid_{v}"] = w / f"sid_{v}"
+        prep[f"dedup_{v}"] = read_json(w / f"d_{v}.json")
+
+
 def phase_bench(r: Run) -> None:
     dev = "cpu" if r.smoke else "cuda"
     root = r.scratch / "bench_root"
     root.mkdir(exist_ok=True)
-    for name, sub in (("processed", "processed"), ("features", "features"), ("collab", "collab"), ("sid", "sid_prism")):
+    for name, target in (("processed", r.inp / "processed"), ("features", r.inp / "features"),
+                         ("collab", r.paths["collab"]), ("sid", r.paths["sid_prism"])):
         link = root / name
         if not link.exists():
-            link.symlink_to(r.inp / sub)
+            link.symlink_to(target)
     steps, users = ("3", "16") if r.smoke else ("60", "4096")
     text = r.output_of("bench", [sys.executable, "bench/recommender_throughput.py", str(root), "--devices", dev,
                                  "--steps", steps, "--users", users, "-S", "evaluate.batch_size=1024"],
@@ -157,7 +198,7 @@ def phase_bench(r: Run) -> None:
 
 def rec_args(r: Run, name: str, sid: str, extra: list[str]) -> list[str]:
     return ["--data", str(r.inp / "processed"), "--features", str(r.inp / "features"), "--collab",
-            str(r.inp / "collab"), "--sid", str(r.inp / sid), *r.common, *extra]
+            str(r.paths["collab"]), "--sid", str(r.paths[sid]), *r.common, *extra]
 
 
 def phase_rec(r: Run, rec_min: float) -> None:
@@ -208,6 +249,9 @@ def phase_upstream(r: Run) -> None:
     small = ["-S", "collab.max_epochs=2", "-S", "collab.eval_every=1", "-S", "quantize.epochs=2"] if r.smoke else []
     up: dict = {}
     r.res["upstream"] = up
+    if r.res.get("prep"):
+        r.say("upstream: measured by the prep phase already")
+        return
     if r.left() < 20:
         return
     r.call("preprocess", r.prism("preprocess", *r.common, "--out", str(w / "processed"), "--stats",
@@ -288,14 +332,15 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--total-s", type=float, default=450)
     ap.add_argument("--rec-min", type=float, default=2.5)
-    ap.add_argument("--phases", default="env bench rec eval upstream")
+    ap.add_argument("--phases", default="env prep bench rec eval upstream")
+    ap.add_argument("--quantize-epochs", type=int, default=None, help="prep: quantize.epochs (default: params.yaml)")
     ap.add_argument("--runs", default="prism,tiger", help="recommenders trained side by side: prism,tiger")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     r = Run(a.inp.resolve(), a.out.resolve(), a.smoke, a.total_s)
     r.runs = a.runs.split(",")
     phases = a.phases.split()
-    steps = {"env": lambda: phase_env(r), "bench": lambda: phase_bench(r), "rec": lambda: phase_rec(r, a.rec_min),
+    steps = {"env": lambda: phase_env(r), "prep": lambda: phase_prep(r, a.quantize_epochs), "bench": lambda: phase_bench(r), "rec": lambda: phase_rec(r, a.rec_min),
              "eval": lambda: phase_eval(r), "upstream": lambda: phase_upstream(r)}
     for ph in phases:
         try:
