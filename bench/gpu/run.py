@@ -207,7 +207,12 @@ def phase_rec(r: Run, rec_min: float) -> None:
     ups = r.res.get("bench_users_per_s")
     vu = 0 if (r.smoke or not ups or ups * 10 >= 22363) else max(2000, int(ups * 10) // 1000 * 1000)
     r.res["valid_users"] = vu
-    extra = ["-S", f"recommender.time_budget_min={rec_min}", "-S", f"recommender.valid_users={vu}",
+    # what is left after training must cover validation, evaluation and the summary (~150 s on an H200)
+    fit_min = round(min(rec_min, max(0.25, (r.left() - 150) / 60)), 2)
+    if fit_min < rec_min:
+        r.say(f"rec: training budget cut to {fit_min} min to fit --total-s")
+    r.res["rec_min"] = fit_min
+    extra = ["-S", f"recommender.time_budget_min={fit_min}", "-S", f"recommender.valid_users={vu}",
              "-S", "recommender.eval_batch=1024"]
     if r.smoke:
         extra += ["-S", "synthetic.max_epochs=1"]
