@@ -42,6 +42,7 @@ class Run:
     name: str
     params: dict[str, Any]
     metrics: dict[str, Any]
+    is_exp: bool = True  # a DVC experiment (False: the baseline commit itself)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Variant:
     label: str
     diff: dict[str, Any]
     runs: list[Run] = field(default_factory=list)
+    common: dict[str, Any] = field(default_factory=dict)  # settings shared by every experiment (not in label)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -80,7 +82,7 @@ def runs_from_exp_show(obj: list, params_file: str = "params.yaml",
             base_params = params
         metrics = _file_data(data.get("metrics"), metrics_file)
         if metrics:
-            runs.append(Run(entry.get("name") or entry["rev"][:7], params, metrics))
+            runs.append(Run(entry.get("name") or entry["rev"][:7], params, metrics, is_exp=False))
         for rng in entry.get("experiments") or []:
             state = ((rng.get("executor") or {}).get("state")) or "success"
             if state != "success" or not rng.get("revs"):
@@ -105,7 +107,17 @@ def group(base: dict[str, Any], runs: list[Run], ignore: tuple[str, ...] = ("see
         if key not in variants:
             variants[key] = Variant(label(diff), diff)
         variants[key].runs.append(r)
-    return sorted(variants.values(), key=lambda v: (len(v.diff), v.label))
+    # settings every experiment shares (e.g. a sweep's dataset or epochs) are stated once, not in each row
+    exps = [v for v in variants.values() if any(r.is_exp for r in v.runs)]
+    if exps:
+        common = {k: val for k, val in exps[0].diff.items()
+                  if all(k in v.diff and v.diff[k] == val for v in exps[1:])}
+        if common:
+            for v in exps:
+                v.diff = {k: val for k, val in v.diff.items() if k not in common}
+                v.label = label(v.diff) if v.diff else "sweep default"
+                v.common = common
+    return sorted(variants.values(), key=lambda v: (bool(v.common), len(v.diff), v.label))
 
 
 def label(diff: dict[str, Any]) -> str:
@@ -122,10 +134,11 @@ def _kv(d: dict[str, Any]) -> str:
 
 
 def paper_row(v: Variant, base: dict[str, Any]) -> dict | None:
-    table = PAPER.get(str(base.get("dataset")))
+    params = {**base, **v.runs[0].params}
+    table = PAPER.get(str(params.get("dataset")))
     if not table:
         return None
-    if v.label == "baseline" and base.get("tokenizer", "prism") == "prism":
+    if v.label in ("baseline", "sweep default") and params.get("tokenizer", "prism") == "prism":
         return table["PRISM"]
     if v.label == "TIGER":
         return table["TIGER"]
@@ -155,8 +168,11 @@ def table(base: dict[str, Any], variants: list[Variant], split: str = "test") ->
         lines.append(f"| {v.label} | {len(v.runs)} ({', '.join(map(str, seeds))}) | {' | '.join(vals)} |")
         paper = paper_row(v, base)
         if paper and split == "test":
-            lines.append(f"| ↳ paper ({base.get('dataset')}) | | "
+            lines.append(f"| ↳ paper ({v.runs[0].params.get('dataset', base.get('dataset'))}) | | "
                          + " | ".join(f"{paper[m]:.4f}" if m in paper else "–" for m in METRICS) + " |")
+    common = next((v.common for v in variants if v.common), None)
+    if common:
+        lines.append(f"\nAll experiments also set: {_kv(common)} (\"baseline\" is the commit itself).")
     return "\n".join(lines)
 
 

@@ -66,3 +66,21 @@ def test_report_command_reads_saved_json(tmp_path):
     assert text.startswith("| variant | seeds | R@5 |") and "paper" not in text  # paper figures are test-split
     res = CliRunner().invoke(app, ["report", "--json", str(tmp_path / "missing.json")])
     assert res.exit_code == 1 and "cannot read" in res.stderr
+
+
+def test_settings_shared_by_every_experiment_are_stated_once():
+    base = {**BASE, "dataset": "synthetic"}
+    exps = [_exp("a1", 0.070, seed=1, dataset="beauty"), _exp("a2", 0.072, seed=2, dataset="beauty"),
+            _exp("b1", 0.064, seed=1, dataset="beauty", hsa=False)]
+    obj = [_state("abc1234def", base, {"test": {"recall@10": 0.3}}, "main", exps)]
+    b, runs = runs_from_exp_show(obj)
+    variants = group(b, runs)
+    assert [v.label for v in variants] == ["baseline", "sweep default", "hsa=false"]
+    text = table(b, variants)
+    assert "All experiments also set: dataset=beauty" in text
+    lines = text.splitlines()
+    # the paper's Beauty figures follow the experiments' dataset, not the commit's
+    i = next(j for j, ln in enumerate(lines) if ln.startswith("| sweep default"))
+    assert lines[i + 1].startswith("| ↳ paper (beauty) | | – | 0.0713 |")
+    i = next(j for j, ln in enumerate(lines) if ln.startswith("| hsa=false"))
+    assert lines[i + 1].startswith("| ↳ paper (beauty) | | – | 0.0652 |")
