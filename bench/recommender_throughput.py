@@ -24,7 +24,8 @@ from pipeline.amp import cpu_capability, resolve_amp  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.recommender.assets import build_model, load_assets, model_config  # noqa: E402
 from pipeline.recommender.beam import TrieIndex  # noqa: E402
-from pipeline.recommender.evaluate import batch1_latency_ms, rank, sync_device as sync  # noqa: E402
+from pipeline.recommender.evaluate import batch1_latency_ms, rank  # noqa: E402
+from pipeline.recommender.evaluate import sync_device as sync
 from pipeline.recommender.seqdata import SeqData, Windows  # noqa: E402
 from pipeline.recommender.train import epoch_plan, make_batch, n_samples, train_step  # noqa: E402
 

@@ -2,18 +2,7 @@
 
 import typer
 
-from . import (
-    collab,
-    dedup,
-    embed,
-    evaluate,
-    preprocess,
-    quantize,
-    recommend,
-    report,
-    synth,
-    train,
-)
+from . import collab, dedup, embed, evaluate, preprocess, quantize, recommend, report, synth, train
 
 app = typer.Typer(
     name="prism",

@@ -8,14 +8,7 @@ import pandas as pd
 import typer
 
 from pipeline.features.lightgcn import CollabConfig, train_als, train_lightgcn
-from pipeline.utils import (
-    ParamError,
-    atomic_path,
-    resolve_device,
-    seed_everything,
-    write_json,
-    write_npy,
-)
+from pipeline.utils import ParamError, atomic_path, resolve_device, seed_everything, write_json, write_npy
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
 

@@ -10,38 +10,15 @@ import torch
 import typer
 
 from pipeline.amp import resolve_amp
-from pipeline.metrics import (
-    group_metrics,
-    popularity_groups,
-    popularity_topk,
-    recall_ndcg,
-    target_ranks,
-)
+from pipeline.metrics import group_metrics, popularity_groups, popularity_topk, recall_ndcg, target_ranks
 from pipeline.recommender.assets import build_model, load_assets
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.evaluate import batch1_latency_ms, rank
 from pipeline.recommender.model import RecConfig
 from pipeline.recommender.seqdata import SeqData
-from pipeline.utils import (
-    ParamError,
-    atomic_path,
-    resolve_device,
-    seed_everything,
-    write_json,
-    write_parquet,
-)
+from pipeline.utils import ParamError, atomic_path, resolve_device, seed_everything, write_json, write_parquet
 
-from .common import (
-    COLLAB_OPT,
-    DATA_OPT,
-    FEATURES_OPT,
-    PARAMS_OPT,
-    SET_OPT,
-    SID_OPT,
-    params,
-    stage,
-    summary,
-)
+from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
 
 KS = (5, 10, 20)
 

@@ -9,21 +9,8 @@ import pandas as pd
 import typer
 
 from pipeline.tokenizer.quantizer import QuantizerConfig
-from pipeline.tokenizer.train import (
-    TrainConfig,
-    make_inputs,
-    rq_kmeans,
-    tokenizer_config,
-    train_quantizer,
-)
-from pipeline.utils import (
-    atomic_path,
-    resolve_device,
-    seed_everything,
-    write_json,
-    write_npy,
-    write_torch,
-)
+from pipeline.tokenizer.train import TrainConfig, make_inputs, rq_kmeans, tokenizer_config, train_quantizer
+from pipeline.utils import atomic_path, resolve_device, seed_everything, write_json, write_npy, write_torch
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
 

@@ -14,26 +14,9 @@ from pipeline.recommender.assets import build_model, load_assets, model_config
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.seqdata import SeqData, Windows
 from pipeline.recommender.train import FitConfig, fit
-from pipeline.utils import (
-    atomic_path,
-    log,
-    resolve_device,
-    seed_everything,
-    write_json,
-    write_torch,
-)
+from pipeline.utils import atomic_path, log, resolve_device, seed_everything, write_json, write_torch
 
-from .common import (
-    COLLAB_OPT,
-    DATA_OPT,
-    FEATURES_OPT,
-    PARAMS_OPT,
-    SET_OPT,
-    SID_OPT,
-    params,
-    stage,
-    summary,
-)
+from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
 
 
 @stage

@@ -3,12 +3,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.features.lightgcn import (
-    CollabConfig,
-    interaction_matrix,
-    normalized_adjacency,
-    train_lightgcn,
-)
+from pipeline.features.lightgcn import CollabConfig, interaction_matrix, normalized_adjacency, train_lightgcn
 from pipeline.metrics import recall_ndcg, target_ranks
 from pipeline.utils import seed_everything
 

@@ -3,15 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.tokenizer.dedup import (
-    DedupConfig,
-    build_trie,
-    dedup,
-    reconstruction,
-    sid_codes,
-    sid_int,
-    sinkhorn_sparse,
-)
+from pipeline.tokenizer.dedup import DedupConfig, build_trie, dedup, reconstruction, sid_codes, sid_int, sinkhorn_sparse
 
 
 def constructed(seed=0, n=100, K=8):

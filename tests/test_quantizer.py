@@ -6,25 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.tokenizer.quantizer import (
-    PurifiedSemanticQuantizer,
-    QuantizerConfig,
-    acd_loss,
-    soft_prototype,
-)
-from pipeline.tokenizer.sid_metrics import (
-    collision_rate,
-    perplexity,
-    sid_metrics,
-    utilisation,
-)
-from pipeline.tokenizer.train import (
-    TrainConfig,
-    make_inputs,
-    rq_kmeans,
-    tokenizer_config,
-    train_quantizer,
-)
+from pipeline.tokenizer.quantizer import PurifiedSemanticQuantizer, QuantizerConfig, acd_loss, soft_prototype
+from pipeline.tokenizer.sid_metrics import collision_rate, perplexity, sid_metrics, utilisation
+from pipeline.tokenizer.train import TrainConfig, make_inputs, rq_kmeans, tokenizer_config, train_quantizer
 
 
 def test_collision_rate_and_perplexity_by_hand():

@@ -9,13 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.metrics import (
-    group_metrics,
-    popularity_groups,
-    popularity_topk,
-    recall_ndcg,
-    target_ranks,
-)
+from pipeline.metrics import group_metrics, popularity_groups, popularity_topk, recall_ndcg, target_ranks
 from pipeline.recommender.beam import TrieIndex, beam_search, score_all_items
 from pipeline.recommender.model import PrismRecommender, RecConfig, ats_temperature
 from pipeline.recommender.seqdata import SeqData, dt_bucket, epoch_batches
