@@ -65,14 +65,6 @@ def any_rank(flag: bool, device: str) -> bool:
     return bool(t.item())
 
 
-def sum_ranks(x: float, device: str) -> float:
-    if world() == 1:
-        return x
-    t = torch.tensor([float(x)], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item())
-
-
 def from_main(obj: Any) -> Any:
     """Rank 0's `obj` on every rank."""
     if world() == 1:

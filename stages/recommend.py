@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -12,13 +13,16 @@ from pipeline.recommender.recommend import Query, QueryError, Recommender
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, SID_OPT, stage
 
-SPLIT = lambda s: [x for x in s.replace(";", " ").replace("|", " ").replace(",", " ").split() if x]  # noqa: E731
+
+def split_list(s: str) -> list[str]:
+    """A list given on one line: items separated by commas, spaces, `;` or `|`."""
+    return re.split(r"[\s,;|]+", s.strip()) if s.strip() else []
 
 
 def _times(raw, where: str) -> list[int] | None:
     if raw is None or raw == "" or raw == []:
         return None
-    vals = raw if isinstance(raw, list) else SPLIT(str(raw))
+    vals = raw if isinstance(raw, list) else split_list(str(raw))
     try:
         return [int(float(v)) for v in vals]
     except (TypeError, ValueError):
@@ -70,7 +74,7 @@ def _query(obj: dict, where: str) -> Query:
     hist = obj.get("history")
     if hist is None:
         raise QueryError(f"{where}: neither `user` nor `history` given.")
-    hist = [str(h) for h in hist] if isinstance(hist, list) else SPLIT(str(hist))
+    hist = [str(h) for h in hist] if isinstance(hist, list) else split_list(str(hist))
     return Query(hist, _times(obj.get("times"), where), label)
 
 
@@ -99,9 +103,9 @@ def recommend_cmd(
         raise QueryError(f"--on-error must be 'error' or 'skip', got '{on_error}'")
     queries: list[Query | QueryError] = []
     if users:
-        queries += [Query([], None, f"--users {u}", user=u) for u in SPLIT(users)]
+        queries += [Query([], None, f"--users {u}", user=u) for u in split_list(users)]
     if history is not None:
-        queries.append(Query(SPLIT(history), _times(times, "--times"), "--history"))
+        queries.append(Query(split_list(history), _times(times, "--times"), "--history"))
     if input_file is not None:
         queries += read_queries(input_file)
     if not queries:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -192,35 +191,34 @@ def phase_bench(r: Run) -> None:
     r.res["bench"] = lines
     for ln in lines:
         r.say(f"bench: {ln}")
-    m = re.search(r"([\d,]+) users/s batched", text)
-    r.res["bench_users_per_s"] = float(m.group(1).replace(",", "")) if m else None
 
 
-def rec_args(r: Run, name: str, sid: str, extra: list[str]) -> list[str]:
+def selected(r: Run) -> dict[str, tuple[str, list[str]]]:
+    """The recommenders of this run (--runs): name -> (semantic-ID folder, switches)."""
+    return {k: v for k, v in RUNS.items() if k in r.runs}
+
+
+def rec_args(r: Run, sid: str, extra: list[str]) -> list[str]:
     return ["--data", str(r.inp / "processed"), "--features", str(r.inp / "features"), "--collab",
             str(r.paths["collab"]), "--sid", str(r.paths[sid]), *r.common, *extra]
 
 
 def phase_rec(r: Run, rec_min: float) -> None:
-    # per-epoch validation on all valid users (issue 9), unless decoding is too slow for the allowance:
-    # then a fixed random subset sized to ~10 s of decoding (recorded in results.json)
-    ups = r.res.get("bench_users_per_s")
-    vu = 0 if (r.smoke or not ups or ups * 10 >= 22363) else max(2000, int(ups * 10) // 1000 * 1000)
-    r.res["valid_users"] = vu
     # what is left after training must cover validation, evaluation and the summary (~150 s on an H200)
     fit_min = round(min(rec_min, max(0.25, (r.left() - 150) / 60)), 2)
     if fit_min < rec_min:
         r.say(f"rec: training budget cut to {fit_min} min to fit --total-s")
     r.res["rec_min"] = fit_min
-    extra = ["-S", f"recommender.time_budget_min={fit_min}", "-S", f"recommender.valid_users={vu}",
+    # per-epoch validation: `valid_users: auto` (all users on CUDA: ~1 s for Beauty on an H200)
+    extra = ["-S", f"recommender.time_budget_min={fit_min}",
              "-S", "recommender.eval_batch=1024"]
     if r.smoke:
         extra += ["-S", "synthetic.max_epochs=1"]
-    runs = {k: v for k, v in RUNS.items() if k in r.runs}
+    runs = selected(r)
     procs = {}
     for name, (sid, sw) in runs.items():
         o = r.scratch / name
-        cmd = r.prism("train", *rec_args(r, name, sid, extra + sw), "--out", str(o / "model"), "--ckpt",
+        cmd = r.prism("train", *rec_args(r, sid, extra + sw), "--out", str(o / "model"), "--ckpt",
                       str(o / "ckpt"), "--metrics", str(o / "train.json"), "--curve", str(o / "train.csv"))
         fh = open(r.out / f"log_{name}.txt", "a", buffering=1)
         procs[name] = r.start(f"train_{name}", cmd, fh)
@@ -233,14 +231,14 @@ def phase_rec(r: Run, rec_min: float) -> None:
 
 
 def phase_eval(r: Run) -> None:
-    runs = {k: v for k, v in RUNS.items() if k in r.runs}
+    runs = selected(r)
     procs = {}
     for name, (sid, sw) in runs.items():
         o = r.scratch / name
         if not (o / "model" / "model.pt").is_file():
             r.say(f"eval_{name}: no trained model, skipped")
             continue
-        cmd = r.prism("evaluate", *rec_args(r, name, sid, ["-S", "evaluate.batch_size=1024", *sw]), "--model",
+        cmd = r.prism("evaluate", *rec_args(r, sid, ["-S", "evaluate.batch_size=1024", *sw]), "--model",
                       str(o / "model"), "--predictions", str(o / "predictions.parquet"), "--metrics",
                       str(o / "eval.json"), "--groups-plot", str(o / "groups.csv"))
         procs[name] = r.start(f"eval_{name}", cmd, open(r.out / f"log_{name}.txt", "a", buffering=1))
@@ -302,7 +300,7 @@ def summary(r: Run) -> str:
     env = r.res.get("env", {})
     lines += [f"- GPU: {env.get('nvidia-smi', '-')}", f"- {env.get('python', '-')}", f"- CPU: {env.get('cpu', '-')}"]
     lines += [f"- bench: {b}" for b in r.res.get("bench", [])]
-    lines += [f"- per-epoch validation users: {r.res.get('valid_users', '-')} (0 = all)", ""]
+    lines += ["- per-epoch validation: recommender.valid_users auto (all users on CUDA)", ""]
     lines += ["| run | epochs (best) | stopped | train s | samples/s | valid N@20 | test R@5 | R@10 | R@20 | N@5 | N@10 "
               "| N@20 | eval users/s | ms/user b1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("prism", "tiger"):

@@ -19,41 +19,43 @@ from pipeline.utils import ParamError
 
 
 class TrieIndex:
-    """Device tensors of the `dedup` trie: per level the sorted prefix ids, indptr and children."""
+    """Device tensors of the `dedup` trie: per level the sorted prefix ids, indptr (CSR row starts)
+    and a dense mask of valid children per prefix."""
 
     def __init__(self, trie: dict, device: str = "cpu"):
         self.K, self.L = int(trie["K"]), int(trie["L"])
         self.prefix = [trie[f"prefix_{l}"].to(device) for l in range(1, self.L + 1)]
         self.indptr = [trie[f"indptr_{l}"].to(device) for l in range(1, self.L + 1)]
-        self.children = [trie[f"children_{l}"].to(device) for l in range(1, self.L + 1)]
         # dense (n_prefixes + 1, K) masks of valid children per level (last row: unknown prefix), so
         # that a beam step needs no data-dependent shapes (no host sync on CUDA)
-        self.masks = []
-        for pref, indptr, children in zip(self.prefix, self.indptr, self.children):
+        # and the number of children per prefix (same rows)
+        self.masks, self.counts = [], []
+        for l, (pref, indptr) in enumerate(zip(self.prefix, self.indptr), start=1):
+            counts = indptr.diff()
             table = torch.zeros(len(pref) + 1, self.K, dtype=torch.bool, device=device)
-            rows = torch.repeat_interleave(torch.arange(len(pref), device=device), indptr[1:] - indptr[:-1])
-            table[rows, children] = True
+            rows = torch.repeat_interleave(torch.arange(len(pref), device=device), counts)
+            table[rows, trie[f"children_{l}"].to(device)] = True
             self.masks.append(table)
+            self.counts.append(torch.cat([counts, counts.new_zeros(1)]))
         self.sid = trie["sid"].to(device)
         self.item_of_sid = trie["item_of_sid"].to(device)
 
-    def branching(self, level: int, prefix_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Start of the children in the CSR arrays and their number N_l (ATS, Eq. 16) for each
-        prefix id (M,) at `level` (0-based); unknown prefixes have N_l = 0."""
-        pref, indptr = self.prefix[level], self.indptr[level]
+    def _rows(self, level: int, prefix_id: torch.Tensor) -> torch.Tensor:
+        """Row of each prefix id (M,) in the level's tables; unknown prefixes get the extra last row."""
+        pref = self.prefix[level]
         r = torch.searchsorted(pref, prefix_id).clamp(max=len(pref) - 1)
-        lo = indptr[r]
-        return lo, torch.where(pref[r] == prefix_id, indptr[r + 1] - lo, torch.zeros_like(lo))
+        return torch.where(pref[r] == prefix_id, r, torch.full_like(r, len(pref)))
+
+    def branching(self, level: int, prefix_id: torch.Tensor) -> torch.Tensor:
+        """Number of children N_l (ATS, Eq. 16) of each prefix id (M,) at `level` (0-based); 0 for
+        unknown prefixes."""
+        return self.counts[level][self._rows(level, prefix_id)]
 
     def valid_next(self, level: int, prefix_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask (M, K) of the valid level-`level` (0-based) tokens after each prefix id (M,), and
         the branching factors N_l (M,). Unknown prefixes get an empty row and N_l = 0."""
-        pref, indptr = self.prefix[level], self.indptr[level]
-        r = torch.searchsorted(pref, prefix_id).clamp(max=len(pref) - 1)
-        found = pref[r] == prefix_id
-        mask = self.masks[level][torch.where(found, r, torch.full_like(r, len(pref)))]
-        counts = torch.where(found, indptr[r + 1] - indptr[r], torch.zeros_like(r))
-        return mask, counts
+        rows = self._rows(level, prefix_id)
+        return self.masks[level][rows], self.counts[level][rows]
 
     def prefix_ids(self, codes: torch.Tensor, level: int) -> torch.Tensor:
         """Integer id of each item's prefix c_<level (0 for the empty prefix), as the trie numbers them."""
@@ -61,7 +63,7 @@ class TrieIndex:
 
     def item_branching(self, codes: torch.Tensor) -> torch.Tensor:
         """Branching factor N_l of each item's prefix c_<l, (N, L): ATS's N_l of the targets."""
-        return torch.stack([self.branching(l, self.prefix_ids(codes, l))[1] for l in range(self.L)], 1).float()
+        return torch.stack([self.branching(l, self.prefix_ids(codes, l)) for l in range(self.L)], 1).float()
 
     def items_of(self, sid: torch.Tensor) -> torch.Tensor:
         pos = torch.searchsorted(self.sid, sid).clamp(max=len(self.sid) - 1)

@@ -33,7 +33,8 @@ def rank(model, data: SeqData, idx: np.ndarray, trie: TrieIndex, beam: int, topk
         with autocast(device, amp):
             items, scores = beam_search(model, b, trie, beam, topk, norm)
         out.append(items.cpu().numpy())
-        sc.append(scores.float().cpu().numpy())
+        if with_scores:
+            sc.append(scores.float().cpu().numpy())
     ranked = np.concatenate(out) if out else np.zeros((0, topk), np.int64)
     res = np.empty_like(ranked)
     res[perm] = ranked  # back to the order of idx

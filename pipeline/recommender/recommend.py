@@ -17,7 +17,6 @@ and counts them in `skipped`.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -29,7 +28,7 @@ import torch
 from pipeline.amp import resolve_amp
 from pipeline.recommender.assets import build_model, load_assets
 from pipeline.recommender.beam import TrieIndex
-from pipeline.recommender.evaluate import rank
+from pipeline.recommender.evaluate import batch1_latency_ms, rank
 from pipeline.recommender.model import RecConfig
 from pipeline.recommender.seqdata import SeqData
 from pipeline.utils import DataError, resolve_device
@@ -62,6 +61,7 @@ class Recommender:
     trie: TrieIndex
     items: pd.DataFrame
     users: dict[str, tuple[np.ndarray, np.ndarray]]  # reviewerID -> (item ids, times), whole sequence
+    asin_index: dict[str, int]  # asin -> item id
     device: str
     amp: object
     norm: str = "renorm"
@@ -88,18 +88,14 @@ class Recommender:
         users = {uid: (np.append(h, t).astype(np.int64), np.append(ht, tt).astype(np.int64))
                  for uid, h, ht, t, tt in zip(test["user_id"], test["history"], test["history_times"],
                                               test["target"], test["target_time"])}
-        return cls(net, cfg, TrieIndex(a.trie, device), a.items, users, device, resolve_amp(amp, device), norm)
+        index = {asin: i for i, asin in enumerate(a.items["asin"].to_numpy())}
+        return cls(net, cfg, TrieIndex(a.trie, device), a.items, users, index, device, resolve_amp(amp, device), norm)
 
     @property
     def max_len(self) -> int:
         return self.cfg.max_len
 
     # ------------------------------------------------------------------ queries -> item ids
-    def _index(self) -> dict[str, int]:
-        if not hasattr(self, "_asin_index"):
-            self._asin_index = {a: i for i, a in enumerate(self.items["asin"].to_numpy())}
-        return self._asin_index
-
     def _encode(self, q: Query, truncate: bool) -> tuple[np.ndarray, np.ndarray]:
         where = f"{q.label}: " if q.label else ""
         if q.user is not None:
@@ -110,7 +106,7 @@ class Recommender:
         else:
             if not q.history:
                 raise QueryError(f"{where}empty history: give at least one asin.")
-            index = self._index()
+            index = self.asin_index
             unknown = [a for a in q.history if a not in index]
             if unknown:
                 raise QueryError(f"{where}unknown asin(s) {', '.join(map(repr, unknown[:5]))}"
@@ -147,15 +143,19 @@ class Recommender:
                 self.skipped.append(str(exc))
         if not kept:
             return []
-        df = pd.DataFrame({"history": [e[0] for e in enc], "history_times": [e[1] for e in enc],
-                           "target": [0] * len(enc), "target_time": [int(e[1][-1]) for e in enc]})
-        data = SeqData.from_heldout(df, self.max_len)
+        data = self._seqdata(enc)
         top, scores = rank(self.model, data, np.arange(len(data)), self.trie, beam, k, batch, self.device,
                            self.amp, progress, self.norm, with_scores=True)
         asins, titles = self.items["asin"].to_numpy(), self.items["title"].to_numpy()
         return [Result(q, [{"asin": str(asins[i]), "title": str(titles[i]), "score": round(float(s), 4)}
                            for i, s in zip(row, srow) if i >= 0])
                 for q, row, srow in zip(kept, top, scores)]
+
+    def _seqdata(self, enc: list[tuple[np.ndarray, np.ndarray]]) -> SeqData:
+        """Encoded histories as the held-out samples `rank` takes (the target slot is unused)."""
+        df = pd.DataFrame({"history": [e[0] for e in enc], "history_times": [e[1] for e in enc],
+                           "target": [0] * len(enc), "target_time": [int(e[1][-1]) for e in enc]})
+        return SeqData.from_heldout(df, self.max_len)
 
     def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, times: Sequence[Sequence[int]] | None = None,
                   **kw) -> list[list[dict]]:
@@ -170,15 +170,6 @@ class Recommender:
         return [r.items for r in self.recommend_queries(qs, k, **kw)]
 
     def latency_ms(self, query: Query, k: int = 10, beam: int = 30, repeats: int = 5) -> float:
-        """Median wall time of one query at batch size 1, after a warm-up call."""
-        self.recommend_queries([query], k, beam)
-        ts = []
-        for _ in range(repeats):
-            if self.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            self.recommend_queries([query], k, beam)
-            if self.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            ts.append(time.perf_counter() - t0)
-        return 1000 * float(np.median(ts))
+        """Mean beam-search time of one query at batch size 1 (as `prism evaluate` measures it, §4.7)."""
+        data = self._seqdata([self._encode(query, truncate=True)] * repeats)
+        return batch1_latency_ms(self.model, data, self.trie, beam, k, repeats, self.device, self.amp, norm=self.norm)
