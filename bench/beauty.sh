@@ -5,6 +5,7 @@
 # machine), each evaluated on all users; PRISM also with `decode_norm=full` (same trained model).
 # Outputs go to $D (default /tmp/beauty); logs in each run's folder; a summary table at the end.
 # Usage: RAW=../shared/data/amazon2014 BUDGET=60 QEPOCHS=150 [ENCODER=causal] bash bench/beauty.sh
+#        REC_SET="-S recommender.batch_size=512 -S recommender.lr_scaling=sqrt" ...  (extra train params)
 #        PHASES="rec eval" bash bench/beauty.sh    (skip what is done; default: "inputs tok rec eval")
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,8 @@ tok() {  # variant, overrides...
 }
 rec() {  # name, tokenizer variant, overrides...
   local n=$1 v=$2; shift 2; local o=$D/rec/$n; mkdir -p "$o"
-  prism train "${S[@]}" -S recommender.time_budget_min="${BUDGET:-60}" "$@" --data "$D/processed" --features "$D/features" \
+  # shellcheck disable=SC2086
+  prism train "${S[@]}" -S recommender.time_budget_min="${BUDGET:-60}" ${REC_SET:-} "$@" --data "$D/processed" --features "$D/features" \
     --collab "$D/collab" --sid "$D/t3/$v/sid" --out "$o/model" --ckpt "$o/ckpt" --metrics "$o/train.json" \
     --curve "$o/train.csv" > "$o/train.out" 2> "$o/train.err"
 }

@@ -4,12 +4,13 @@ A single process (what `dvc repro` runs) is the default and touches none of this
 (`WORLD_SIZE` > 1 in the environment) `setup` joins the process group: nccl on CUDA (one GPU per
 rank, `LOCAL_RANK`), gloo on CPU. Every rank computes the same epoch plan and takes every N-th batch
 (`shard`), so one optimizer step consumes N paper batches (global batch N x `batch_size`; DDP
-averages the gradients; the learning rate is not rescaled: pass `-S recommender.lr=...` for that).
+averages the gradients; the learning rate is not rescaled unless `recommender.lr_scaling` says so).
 Rank 0 validates, checkpoints and writes outputs; the others wait for its validation result.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 

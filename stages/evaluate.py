@@ -53,8 +53,8 @@ def evaluate_cmd(
     counts = a.items["train_count"].to_numpy()
     item_group = popularity_groups(counts)
     pop_top = popularity_topk(counts, max(KS))
-    out: dict = {"params": model.n_params(), "beam_size": beam, "decode_norm": norm, "n_items": len(a.items),
-                 "encoder": cfg.encoder, "amp": amp.mode, "amp_reason": amp.reason}
+    out: dict = {"params": model.n_params(), "beam_size": beam, "decode_batch": batch, "decode_norm": norm,
+                 "n_items": len(a.items), "encoder": cfg.encoder, "amp": amp.mode, "amp_reason": amp.reason}
     rows, group_rows = [], []
     asins = a.items["asin"].to_numpy()
     for split, df in (("valid", a.valid), ("test", a.test)):

@@ -22,7 +22,8 @@ def quantizer_config(p) -> QuantizerConfig:
         hidden=tuple(p[f"{q}.hidden"]), dropout=p[f"{q}.dropout"],
         beta=p["beta"], lambda1=p["lambda1"], lambda2=p["lambda2"], delta=p["delta"], tau_hsa=p["tau_hsa"],
         acd=p["acd"], hsa=p["hsa"], dhr=p["dhr"],
-        acd_variance=p[f"{q}.acd_variance"], dhr_target_sg=p[f"{q}.dhr_target_sg"], hsa_grad=p[f"{q}.hsa_grad"],
+        acd_variance=p[f"{q}.acd_variance"], acd_margin=p[f"{q}.acd_margin"], dhr_target_sg=p[f"{q}.dhr_target_sg"],
+        hsa_grad=p[f"{q}.hsa_grad"], hsa_cls=p[f"{q}.hsa_cls"],
         ema_decay=p[f"{q}.ema_decay"], restart_dead=p[f"{q}.restart_dead"],
     )
 
@@ -52,7 +53,7 @@ def quantize_cmd(
     tag_embs = [np.load(features / f"tags_depth{d}.npy") for d in range(1, qcfg.levels + 1)]
     t0 = time.time()
     if tokenizer == "rqkmeans":
-        res = rq_kmeans(e_cont, qcfg.levels, qcfg.codebook_size, qcfg.d_cb, seed)
+        res = rq_kmeans(e_cont, qcfg.levels, qcfg.codebook_size, qcfg.d_cb, seed, tags=tags)
     else:
         cfg = tokenizer_config(tokenizer, qcfg)
         data_t = make_inputs(e_cont, e_collab, items["popularity"].to_numpy(), tags, tag_embs)

@@ -70,3 +70,20 @@ def test_trie_csr():
     assert t["children_3"].tolist() == [2, 3, 0] and t["indptr_3"].tolist() == [0, 2, 3]
     assert t["item_of_sid"].tolist() == [0, 1, 2] and t["sid"].tolist() == sid_int(codes, 4).tolist()
     assert (sid_codes(t["sid"].numpy(), 4, 3) == codes).all()
+
+
+def test_last_level_first_under_contention_cheaper_mover_wins():
+    # K=2, L=3. Three items on (0,0,0): one keeper, two movers; under the prefix (0,0) only (0,0,1) is
+    # free. Both movers are *closer* to (0,1,0) than to (0,0,1), so a plain nearest-free-ID greedy would
+    # change level 2 for the first mover. Last level first: the slot (0,0,1) goes to the mover for whom
+    # it is cheaper (item 2, not item 1 by index order), and only the other one widens to level 2.
+    cb = np.zeros((3, 2, 2), np.float32)
+    cb[1] = [[0, 0], [0, 1]]  # c2 = 1 moves up
+    cb[2] = [[0, 0], [1, 0]]  # c3 = 1 moves right
+    codes = np.zeros((3, 3), int)
+    z = np.array([[0.0, 0.0], [0.3, 0.9], [0.45, 0.6]], np.float32)
+    new, rep = dedup(codes, z, cb, DedupConfig())
+    assert new[0].tolist() == [0, 0, 0]  # keeper: exact reconstruction
+    assert new[2].tolist() == [0, 0, 1]  # (0.45, 0.6): cost 0.6625 to (1,0) vs 1.30 for item 1
+    assert new[1].tolist()[:2] == [0, 1]  # the other mover changes level 2
+    assert rep["moved_from_level_3"] == 1 and rep["moved_from_level_2"] == 1 and rep["moved_from_level_1"] == 0

@@ -27,7 +27,8 @@ def test_gpu_script_smoke(smoke_inputs, tmp_path):
         shutil.copytree(smoke_inputs / d, inp / d)
     for d in ("processed", "features", "collab", "sid_prism", "sid_rqvae"):  # the fixture, complete
         assert (smoke_inputs / d).is_dir(), d
-    r = subprocess.run(["bash", "bench/gpu/beauty.sh", str(inp), str(out), "--smoke", "--rec-min", "0.05"],
+    r = subprocess.run(["bash", "bench/gpu/beauty.sh", str(inp), str(out), "--smoke", "--rec-min", "0.05",
+                        "--phases", "env prep bench cbench rec eval upstream"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
@@ -44,6 +45,9 @@ def test_gpu_script_smoke(smoke_inputs, tmp_path):
     assert prep["quantize_prism"]["tokenizer"] == "prism" and prep["quantize_rqvae"]["tokenizer"] == "rqvae"
     assert res["upstream"] == {}  # measured by prep already
     assert any("train" in b and "samples/s" in b for b in res["bench"])
+    assert any(b.startswith("compile [20]") and "compiled: train" in b for b in res["cbench"]), res["cbench"]
+    prof = res["cbench_profile"]["compile [20]"]  # where the compiled step's time goes (bench --profile)
+    assert prof[0].startswith("profile: 2 steps") and any("self_cpu_time_total" in ln for ln in prof)
     # the summary table comes last on stdout (the device reply shows the end of the output)
     tail = r.stdout.strip().splitlines()
     assert tail[-1].startswith("total wall") and any(ln.startswith("| prism |") for ln in tail[-25:])
@@ -64,3 +68,28 @@ def test_moe_routing_is_fp32_under_autocast():
     assert w.dtype == torch.float32
     assert torch.allclose(w.sum(-1), torch.ones(4, 5)) and ((w > 0).sum(-1) == 2).all()
     assert y.shape == (4, 5, 8) and torch.isfinite(y).all()
+
+
+def test_table3_script_smoke(smoke_inputs, tmp_path):
+    """bench/gpu/table3.sh --smoke: Table 3 over two seeds on CPU, tiny synthetic set, 2 epochs."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHON": sys.executable}
+    out = tmp_path / "t3"
+    r = subprocess.run(["bash", "bench/gpu/table3.sh", str(smoke_inputs), str(out), "--smoke", "--seeds", "1,2",
+                        "--variants", "prism,no_hsa,rqkmeans,nocat_prism", "--jobs", "2"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((out / "table3.json").read_text())
+    runs = {(x["variant"], x["seed"]): x for x in res["runs"]}
+    assert set(runs) == {(v, s) for v in ("prism", "no_hsa", "rqkmeans") for s in (1, 2)}  # nocat: no input
+    assert "nocat_prism: skipped" in r.stderr
+    for (v, s), x in runs.items():
+        m = x["metrics"]
+        assert x["rc"] == 0 and m, (v, s, x["error_tail"])
+        assert 0 <= m["collision_rate_final"] <= m["collision_rate_l2"] <= 1 and 0 <= m["nmi_tag1"] <= 1
+    assert runs[("prism", 1)]["metrics"]["gate_sd"] >= 0 and "gate_mean" not in runs[("rqkmeans", 1)]["metrics"]
+    assert runs[("prism", 1)]["metrics"]["stopped"] == "max_epochs"
+    # the two seeds differ (a seed that did not reach the quantizer would give identical codes)
+    assert runs[("prism", 1)]["metrics"]["final_loss"] != runs[("prism", 2)]["metrics"]["final_loss"]
+    tail = r.stdout.strip().splitlines()
+    assert any(ln.startswith("| PRISM (full) | 2/2 |") for ln in tail) and any("±" in ln for ln in tail)

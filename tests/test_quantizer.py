@@ -57,6 +57,8 @@ def _loss_parts(cfg: QuantizerConfig):
     model.rq.init_kmeans(model.encode(batch["e_cont"], batch["e_collab"])[0].detach(), seed=0)
     model.eval()
     out = model(batch)
+    if cfg.hsa and cfg.hsa_grad == "soft":
+        model.refit_anchors(anchors, batch["tags"], out["residuals"].detach())
     total, parts = model.loss(batch, out, anchors)
     return model, out, total, parts
 
@@ -64,27 +66,111 @@ def _loss_parts(cfg: QuantizerConfig):
 SMALL = dict(codebook_size=8, d_cb=4, hidden=(16,))
 
 
-def test_full_loss_is_eq9():
-    cfg = QuantizerConfig(**SMALL)
-    _, _, total, parts = _loss_parts(cfg)
+@pytest.mark.parametrize("hsa_grad", ["codebook", "soft"])
+def test_full_loss_is_eq9(hsa_grad):
+    """Every term recomputed here from the model's pieces and the batch, not from the parts it reports."""
+    cfg = QuantizerConfig(**SMALL, hsa_grad=hsa_grad)
+    model, out, total, parts = _loss_parts(cfg)
     assert set(parts) == {"rec_cont", "rec_collab", "commit", "acd", "hsa", "total"}
-    expected = parts["rec_cont"] + parts["rec_collab"] + cfg.beta * parts["commit"] + \
-        cfg.lambda1 * parts["acd"] + cfg.lambda2 * parts["hsa"]
-    assert torch.isclose(total, expected)
+    batch, tag_embs = _batch()
+    with torch.no_grad():
+        g = torch.sigmoid(model.gate.net(batch["e_collab"]))  # Eq. 2
+        purified = g * batch["e_collab"]  # Eq. 3
+        z = model.encoder(torch.cat([batch["e_cont"], purified], -1))  # Eq. 5
+        r, qs = z, []
+        for l in range(3):
+            c = model.rq.codebooks[l][torch.cdist(r, model.rq.codebooks[l]).argmin(1)]
+            qs.append(c)
+            r = r - c
+        z_q = sum(qs)
+        rec = ((model.decoders["cont"](z_q) - batch["e_cont"]).pow(2).mean()
+               + (model.decoders["collab"](z_q) - purified).pow(2).mean())  # Eq. 8
+        commit = (z - z_q).pow(2).mean()
+        gbar = g.mean(1)
+        acd = ((gbar - batch["popularity"]).pow(2)
+               + torch.relu(4 * 0.1 * gbar * (1 - gbar) - g.var(1, unbiased=False))).mean()  # Eq. 4, relative
+        hsa = (_hsa_by_hand(model, out["residuals"], batch["tags"], cfg.tau_hsa) if hsa_grad == "soft" else
+               _hsa_codebook_by_hand(model, out["codes"], batch["tags"], tag_embs, cfg.tau_hsa))
+    assert torch.allclose(z, out["z"], atol=1e-6) and torch.allclose(z_q, out["z_q"], atol=1e-6)
+    for name, mine in (("commit", commit), ("acd", acd), ("hsa", hsa)):
+        assert torch.isclose(parts[name], mine, rtol=1e-5, atol=1e-6), name
+    assert torch.isclose(parts["rec_cont"] + parts["rec_collab"], rec, rtol=1e-5)
+    expected = rec + cfg.beta * commit + cfg.lambda1 * acd + cfg.lambda2 * hsa  # Eq. 9
+    assert torch.isclose(total, expected, rtol=1e-5)
+
+
+def _hsa_codebook_by_hand(model, codes, tags, tag_embs, tau):
+    """HSA, codebook reading (Eq. 6-7 as written, q_l = the selected codebook rows), loops over items."""
+    cb = model.rq.codebooks.detach()
+    total = 0.0
+    for l in range(3):
+        align, ce, n = 0.0, 0.0, 0
+        for i in range(len(tags)):
+            if tags[i, l] < 0:
+                continue
+            p = model.anchor_proj[l](tag_embs[l][tags[i, l]])
+            alpha = torch.softmax(-((p - cb[l]) ** 2).sum(1) / tau, 0)  # Eq. 6
+            align += ((p - alpha @ cb[l]) ** 2).sum()
+            h = torch.cat([cb[j][codes[i, j]] for j in range(l + 1)])
+            ce += -torch.log_softmax(model.classifiers[l](h), 0)[tags[i, l]]
+            n += 1
+        total += (align + ce) / n
+    return total
+
+
+def _hsa_by_hand(model, residuals, tags, tau):
+    """Soft HSA (Eq. 6-7, soft reading) written out with explicit loops over items."""
+    cb = model.rq.codebooks.detach()
+    total = 0.0
+    q_soft = []
+    for l in range(3):
+        d2 = torch.cdist(residuals[:, l], cb[l]).pow(2)
+        t = tau * d2.min(1).values.mean()
+        q_soft.append(torch.softmax(-d2 / t, 1) @ cb[l])
+        anchors = model.fitted_anchors[l]
+        align, ce, n = 0.0, 0.0, 0
+        for i in range(len(tags)):
+            if tags[i, l] < 0:
+                continue
+            p = anchors[tags[i, l]]
+            p_tilde = torch.softmax(-((p - cb[l]) ** 2).sum(1) / t, 0) @ cb[l]  # Eq. 6
+            align += ((q_soft[l][i] - p_tilde) ** 2).mean()
+            logits = model.classifiers[l](torch.cat([q_soft[j][i] for j in range(l + 1)]))
+            ce += -torch.log_softmax(logits, 0)[tags[i, l]]
+            n += 1
+        total += (align + ce) / n
+    return total
 
 
 @pytest.mark.parametrize("switch,removed", [("acd", {"acd"}), ("hsa", {"hsa"})])
 def test_switch_removes_exactly_its_term(switch, removed):
-    _, _, _, full = _loss_parts(QuantizerConfig(**SMALL))
-    model, out, _, parts = _loss_parts(QuantizerConfig(**SMALL, **{switch: False}))
-    assert set(full) - set(parts) == removed
-    for k in ("rec_cont", "rec_collab", "commit"):  # the other terms are computed the same way
-        assert k in parts
+    """Same weights with the switch off: the term disappears, every other term keeps its value, and the
+    total drops by exactly λ·term (so TIGER is "all off" and nothing else changes)."""
+    cfg = QuantizerConfig(**SMALL)
+    full_model, _, total_full, full = _loss_parts(cfg)
+    off = PurifiedSemanticQuantizer(QuantizerConfig(**SMALL, **{switch: False}), 24, 8, 24, [3, 5, 7])
+    missing, unexpected = off.load_state_dict(full_model.state_dict(), strict=False)
+    assert not missing  # the switched-off model is the full one minus the term's own modules
+    own = {"acd": ("gate.",), "hsa": ("classifiers.", "anchor_proj.")}[switch]
+    assert all(k.startswith(own) for k in unexpected) and unexpected
+    off.eval()
     if switch == "acd":
-        assert model.gate is None and out["g"] is None
-        assert torch.equal(out["purified"], _batch()[0]["e_collab"])  # g ≡ 1
+        off.fitted_anchors = full_model.fitted_anchors  # fitted, not learned: not in the state dict
+    batch, tag_embs = _batch()
+    out = off(batch)
+    total, parts = off.loss(batch, out, tag_embs)
+    assert set(full) - set(parts) == removed
+    if switch == "acd":
+        assert off.gate is None and out["g"] is None
+        assert torch.equal(out["purified"], batch["e_collab"])  # g ≡ 1
+        # the input changed (no gate), so only the HSA classifier's shape and the loss's form are shared
+        assert torch.isclose(total, sum(parts[k] for k in parts if k.startswith("rec_"))
+                             + cfg.beta * parts["commit"] + cfg.lambda2 * parts["hsa"])
     else:
-        assert not hasattr(model, "classifiers")
+        assert not hasattr(off, "classifiers")
+        for k in ("rec_cont", "rec_collab", "commit", "acd"):
+            assert torch.equal(parts[k], full[k]), k
+        assert torch.isclose(total_full - total, cfg.lambda2 * full["hsa"])
 
 
 def test_dhr_off_is_one_decoder_of_the_concatenation():
@@ -115,8 +201,19 @@ def test_straight_through_and_residual_quantization():
     for l in range(3):
         assert torch.equal(torch.cdist(r, cb[l]).argmin(1), out["codes"][:, l])
         r = r - cb[l][out["codes"][:, l]]
-    total.backward()
-    assert model.encoder[0].weight.grad is not None and model.encoder[0].weight.grad.abs().sum() > 0
+    # STE: the reconstruction's gradient w.r.t. z is exactly its gradient w.r.t. z_q (the commitment term,
+    # which alone would also give the encoder a gradient, is left out here)
+    model.zero_grad()
+    batch, _ = _batch()
+    z = model.encode(batch["e_cont"], batch["e_collab"])[0]
+    z.retain_grad()
+    z_q = model.rq(z)[0]
+    rec = (model.decoders["cont"](z_q) - batch["e_cont"]).pow(2).mean()
+    rec.backward()
+    leaf = z_q.detach().requires_grad_()
+    (model.decoders["cont"](leaf) - batch["e_cont"]).pow(2).mean().backward()
+    assert z.grad.abs().sum() > 0 and torch.allclose(z.grad, leaf.grad, atol=1e-7)
+    assert model.encoder[0].weight.grad.abs().sum() > 0
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +235,10 @@ def test_quantizer_trains_on_synthetic_and_loss_falls(synthetic_inputs):
     cfg = QuantizerConfig(codebook_size=32, d_cb=8, hidden=(64, 32))
     out = train_quantizer(synthetic_inputs, cfg, TrainConfig(epochs=25, batch_size=64, patience=50), "cpu", 0)
     h = out.history
-    assert h[-1]["total"] < 0.7 * h[0]["total"]
-    assert h[-1]["rec_cont"] < h[0]["rec_cont"]
+    # the total holds HSA's tag cross-entropy (~ln T per level, learned slowly by a classifier on codebook
+    # rows); the reconstruction terms must fall clearly, HSA must fall too
+    assert h[-1]["rec_cont"] < 0.6 * h[0]["rec_cont"] and h[-1]["rec_collab"] < 0.6 * h[0]["rec_collab"]
+    assert h[-1]["total"] < 0.75 * h[0]["total"] and h[-1]["hsa"] < h[0]["hsa"]
     n = len(synthetic_inputs["e_cont"])
     assert out.codes.shape == (n, 3) and out.q.shape == (n, 3, 8) and out.z.shape == (n, 8)
     assert np.allclose(out.q.sum(1), sum(out.codebooks[l][out.codes[:, l]] for l in range(3)), atol=1e-5)

@@ -307,6 +307,10 @@ def test_budget_schedule_ends_annealed():
     assert lr_factor(cfg, total, total) == pytest.approx(0.0, abs=1e-12)
     assert lr_factor(cfg, 5_000, total, 600.0, 1200.0) == pytest.approx(0.5, abs=1e-6)
     assert lr_factor(FitConfig(warmup_steps=10, scheduler="constant"), 5_000, total, 600.0, 600.0) == 1.0
+    # budget_anneal false: the budget is a cap only, the schedule is the paper's (cosine over max_epochs)
+    cap = FitConfig(warmup_steps=10, max_epochs=300, budget_anneal=False)
+    assert lr_factor(cap, 5_000, total, 600.0, 600.0) == pytest.approx(lr_factor(cap, 5_000, total))
+    assert lr_factor(cap, 5_000, total, 600.0, 600.0) > 0.99
 
 
 def test_budget_run_trains_at_the_floor_at_its_end(world, monkeypatch):
@@ -495,6 +499,20 @@ def test_recency_bias_learns_and_decodes_exactly(world):
         make(world, recency_bias=True)
 
 
+def test_lr_scaling_for_large_batches_keeps_the_paper_recipe_by_default():
+    from pipeline.recommender.train import scale_for_batch
+
+    assert scale_for_batch(5e-4, 1000, 1024, "none") == (5e-4, 1000)  # the paper's recipe, untouched
+    assert scale_for_batch(5e-4, 1000, 128, "sqrt") == (pytest.approx(5e-4), 1000)  # the paper's batch: no change
+    lr, warm = scale_for_batch(5e-4, 1000, 1024, "sqrt")
+    assert lr == pytest.approx(5e-4 * math.sqrt(8)) and warm == 125  # warmup: the same number of samples
+    lr, warm = scale_for_batch(5e-4, 1000, 512, "linear")
+    assert lr == pytest.approx(2e-3) and warm == 250
+    assert scale_for_batch(5e-4, 1, 4096, "linear")[1] == 1
+    with pytest.raises(ValueError, match="lr_scaling"):
+        scale_for_batch(5e-4, 1000, 1024, "cubic")
+
+
 def test_valid_users_auto_is_all_on_cuda_and_a_subset_on_cpu():
     import pytest
 
@@ -506,3 +524,157 @@ def test_valid_users_auto_is_all_on_cuda_and_a_subset_on_cpu():
     for bad in (-1, "all", 1.5, True):
         with pytest.raises(ValueError, match="valid_users"):
             valid_users(bad, "cpu")
+
+
+def test_cpu_dropout_is_inverted_dropout_reproducible_from_torch_seed():
+    from pipeline.recommender.model import dropout
+    x = torch.ones(200_000)
+    torch.manual_seed(3)
+    a = dropout(x, 0.1, True)
+    torch.manual_seed(3)
+    b = dropout(x, 0.1, True)
+    assert torch.equal(a, b)  # the mask's generator is seeded from torch's RNG
+    assert not torch.equal(a, dropout(x, 0.1, True))  # and advances it
+    zero = (a == 0).float().mean().item()
+    assert abs(zero - 0.1) < 0.003  # sd of the fraction ~0.0007
+    assert torch.allclose(a[a != 0], torch.full_like(a[a != 0], 1 / 0.9))  # kept values scaled by 1/(1-p)
+    assert torch.equal(dropout(x, 0.1, False), x) and torch.equal(dropout(x, 0.0, True), x)
+    g = torch.ones(1000, requires_grad=True)
+    y = dropout(g, 0.5, True)
+    y.sum().backward()
+    assert torch.equal(g.grad, y.detach())  # d(x·mask/(1-p))/dx = mask/(1-p)
+
+
+def test_cpu_training_attention_is_sdpa_written_out(world, monkeypatch):
+    """On CPU, training-mode attention is computed by hand (for the cheaper dropout mask): with the
+    dropout made the identity it must equal SDPA (eval mode), padding and causal masks included."""
+    import pipeline.recommender.model as m
+    torch.manual_seed(0)
+    att = m.Attention(small_cfg())
+    q, k, v = (torch.randn(3, 2, 5, 16) for _ in range(3))
+    pad = torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [True] + [False] * 4])[:, None, None, :]
+    monkeypatch.setattr(m, "dropout", lambda x, p, training: x)
+    bias = torch.randn(3, 2, 5, 5)  # a float mask is an additive bias (the causal recency bias)
+    for mask, causal in ((None, False), (pad, False), (None, True), (bias, False)):
+        att.train()
+        y_train = att.attend(q, k, v, mask, causal)
+        att.eval()
+        torch.testing.assert_close(y_train, att.attend(q, k, v, mask, causal), rtol=1e-5, atol=1e-6)
+
+
+def test_length_buckets_pad_to_a_few_shapes_without_changing_the_loss(world):
+    from pipeline.recommender.seqdata import padded_width
+    from pipeline.recommender.train import length_buckets
+
+    assert padded_width(3, (2, 4, 5)) == 4 and padded_width(5, (2, 4, 5)) == 5 and padded_width(3, ()) == 3
+    assert length_buckets(FitConfig(), 20) == ()  # auto without compile: the batch's longest, as before
+    assert length_buckets(FitConfig(compile=True), 20) == (20,)  # compiled: one static length
+    assert length_buckets(FitConfig(), 20, compiled=True) == (20,)  # `auto` resolved to on
+    assert length_buckets(FitConfig(length_buckets=[10, 4]), 20) == (4, 10)
+    with pytest.raises(ValueError, match="length_buckets"):
+        length_buckets(FitConfig(length_buckets="5,10"), 20)
+    data = SeqData.from_train(world[3], 5)
+    idx = np.flatnonzero(data.lengths <= 2)[:16]  # histories of 1-2 items
+    plain, padded = data.batch(idx, 16), data.batch(idx, 16, buckets=(4, 5))
+    assert plain["hist"].shape[1] == 2 and padded["hist"].shape[1] == 4 and bool(padded["pad"][:, 2:].all())
+    for kw in ({}, {"dt": False}):  # the extra padding is masked: the same loss (recency positions, Δt, attention)
+        m = make(world, **kw).eval()
+        assert float(m.loss(padded)[0].detach()) == pytest.approx(float(m.loss(plain)[0].detach()), rel=1e-5)
+
+
+@pytest.mark.parametrize("tiger", [False, True])
+def test_the_training_loss_compiles_to_one_graph(world, tiger):
+    """`recommender.compile` (issue 9): dynamo must trace `model.loss` without graph breaks (a break is a
+    return to Python inside the step: on CUDA it splits the CUDA graph). Traced only (no inductor build),
+    in training mode with dropout 0 (the CPU dropout mask comes from numpy, a deliberate CPU-only break)."""
+    import torch._dynamo
+
+    kw = {"dsi": False, "ssa": False, "ats": False, "dt": False} if tiger else {}
+    m = make(world, dropout=0.0, **kw).train()
+    data = SeqData.from_train(world[3], 5)
+    batch = data.batch(np.arange(16), 16, buckets=(5,))
+    torch._dynamo.reset()
+    ex = torch._dynamo.explain(m.loss)(batch)
+    assert ex.graph_break_count == 0, [str(b.reason) for b in ex.break_reasons]
+    assert ex.graph_count == 1
+
+
+def test_compiled_training_follows_the_eager_run(world, monkeypatch):
+    """The training loop with `compile: true` (here through dynamo's aot_eager backend: the same graph
+    capture and autograd split as inductor, without a C++ build) gives the eager run's losses. Dropout 0:
+    the CPU dropout mask (numpy) would split the graph at every dropout and make tracing slow."""
+    import torch._dynamo
+
+    from pipeline.recommender import train as tr
+
+    _, trie, _, train, held = world
+    monkeypatch.setattr(tr, "compiled_loss", lambda model, device: torch.compile(model.loss, backend="aot_eager",
+                                                                                dynamic=False))
+    runs = []
+    for comp in (False, True):
+        torch._dynamo.reset()
+        cfg = FitConfig(batch_size=16, max_epochs=2, warmup_steps=2, valid_users=0, beam_size=20, amp="off",
+                        compile=comp, length_buckets=[5])
+        runs.append(fit(make(world, dropout=0.0), SeqData.from_train(train, 5), SeqData.from_heldout(held, 5), TrieIndex(trie),
+                        cfg, "cpu", seed=0).history)
+    for eager, comp in zip(*runs):
+        assert comp["train_total"] == pytest.approx(eager["train_total"], rel=1e-4)
+        assert comp["valid_ndcg@20"] == pytest.approx(eager["valid_ndcg@20"], abs=1e-6)
+
+
+def test_compile_auto_is_on_for_cuda_bidirectional_only():
+    from pipeline.recommender.train import resolve_compile
+
+    assert resolve_compile("auto", "cuda", causal=False)[0] is True
+    assert resolve_compile("auto", "cuda:1", causal=False)[0] is True
+    assert resolve_compile("auto", "cpu", causal=False) == (False, "auto: off on CPU (no gain there)")
+    assert resolve_compile("auto", "cuda", causal=True)[0] is False
+    assert resolve_compile(True, "cpu", causal=True)[0] is True and resolve_compile(False, "cuda", False)[0] is False
+    with pytest.raises(ValueError, match="recommender.compile"):
+        resolve_compile("on", "cuda", causal=False)
+
+
+@pytest.mark.parametrize("setting", ["auto", True])
+def test_compile_auto_falls_back_to_eager_when_the_compiler_fails(world, monkeypatch, setting):
+    """`compile: auto` (on by default on CUDA) must not turn a machine without a working compiler
+    (no Triton, no C compiler) into a failed run: a failure of the first compiled step trains uncompiled,
+    says so, and records it; an explicit `true` raises instead."""
+    from pipeline.recommender import train as tr
+
+    _, trie, _, train, held = world
+
+    def broken(model, device):
+        def fn(batch):
+            raise RuntimeError("simulated compiler failure")
+        return fn
+
+    monkeypatch.setattr(tr, "compiled_loss", broken)
+    monkeypatch.setattr(tr, "resolve_compile", lambda setting, device, causal: (True, "test: on"))
+    cfg = FitConfig(batch_size=16, max_epochs=1, warmup_steps=2, valid_users=0, beam_size=20, amp="off",
+                    compile=setting)
+    args = (make(world), SeqData.from_train(train, 5), SeqData.from_heldout(held, 5), TrieIndex(trie), cfg, "cpu")
+    if setting is True:
+        with pytest.raises(RuntimeError, match="simulated"):
+            fit(*args, seed=0)
+        return
+    res = fit(*args, seed=0)
+    assert res.info["compile"] is False and "compiler failed" in res.info["compile_reason"]
+    assert res.history[0]["fraction"] == 1.0 and np.isfinite(res.history[0]["train_total"])
+
+
+def test_decode_batch_auto_is_small_on_cpu_and_large_on_cuda(world):
+    """`evaluate.batch_size` / `recommender.eval_batch: auto`: a cache-sized batch on CPU, a large one on
+    CUDA; counts pass through; the ranking does not depend on the batch (users are independent)."""
+    from pipeline.recommender.evaluate import decode_batch, rank
+
+    assert decode_batch("auto", "cpu") == 48 and decode_batch("auto", "cuda:0") == 1024
+    assert decode_batch(7, "cpu") == 7 and decode_batch("7", "cuda") == 7
+    for bad in (0, -1, "big", True, 2.5):
+        with pytest.raises(ValueError, match="positive count or 'auto'"):
+            decode_batch(bad, "cpu")
+    _, trie, _, _, held = world
+    m, data = make(world).eval(), SeqData.from_heldout(held, 5)
+    idx = np.arange(min(40, len(data)))
+    ti = TrieIndex(trie)
+    np.testing.assert_array_equal(rank(m, data, idx, ti, 20, 10, "auto", "cpu", "off"),
+                                  rank(m, data, idx, ti, 20, 10, 7, "cpu", "off"))

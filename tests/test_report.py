@@ -84,3 +84,59 @@ def test_settings_shared_by_every_experiment_are_stated_once():
     assert lines[i + 1].startswith("| ↳ paper (beauty) | | – | 0.0713 |")
     i = next(j for j, ln in enumerate(lines) if ln.startswith("| hsa=false"))
     assert lines[i + 1].startswith("| ↳ paper (beauty) | | – | 0.0652 |")
+
+
+FAKE_STAGE = '''\
+import json, pathlib, yaml
+p = yaml.safe_load(open("params.yaml"))
+x = 0.05 + 0.001 * (p["seed"] % 10) + (0.0 if p["hsa"] else -0.01)
+vals = {f"{m}@{k}": round(x * f * k / 10, 6) for m, f in (("recall", 1.0), ("ndcg", 0.5)) for k in (5, 10, 20)}
+pathlib.Path("metrics").mkdir(exist_ok=True)
+json.dump({"test": vals, "valid": vals}, open("metrics/eval.json", "w"))
+'''
+
+
+def test_report_from_a_real_dvc_queue_of_two_seeds_and_two_variants(tmp_path, monkeypatch):
+    """The documented workflow on a real DVC repo: queue seeds × variants with `dvc exp run --queue -S`,
+    run the queue, then `prism report` reads `dvc exp show --json` itself. The stage is a stand-in that
+    writes metrics/eval.json from the params (the real pipeline takes minutes per experiment)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    bindir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    monkeypatch.setenv("PATH", env["PATH"])
+
+    def sh(*cmd):
+        res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert res.returncode == 0, f"{' '.join(cmd)}: {res.stdout[-2000:]} {res.stderr[-2000:]}"
+        return res.stdout
+
+    (tmp_path / "params.yaml").write_text("seed: 42\ndataset: synthetic\nhsa: true\n")
+    (tmp_path / "fake_eval.py").write_text(FAKE_STAGE)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": {
+        "cmd": f"{sys.executable} fake_eval.py", "deps": ["fake_eval.py"], "params": ["seed", "hsa"],
+        "metrics": [{"metrics/eval.json": {"cache": False}}]}}}))
+    sh("git", "init", "-q")
+    sh("dvc", "init", "-q")
+    sh("dvc", "repro", "-q")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "baseline")
+    for seed in (1, 2):
+        for extra in ([], ["-S", "hsa=false"]):
+            sh("dvc", "exp", "run", "--queue", "-S", f"seed={seed}", *extra)
+    sh("dvc", "exp", "run", "--run-all", "-j", "2")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["report", "--out", "table.md"])
+    assert res.exit_code == 0, res.output
+    # the baseline commit's own run (seed 42) is a run of the default variant too
+    assert "5 runs in 2 variants" in res.output
+    rows = {ln.split(" | ")[0].strip("| "): ln.split(" | ") for ln in (tmp_path / "table.md").read_text().splitlines()}
+    # R@10 = x: seeds 1, 2, 42 -> 0.051, 0.052, 0.052 (mean 0.0517, sd 0.0006); hsa=false (seeds 1, 2) 0.01 lower
+    assert rows["baseline"][1] == "3 (1, 2, 42)" and rows["baseline"][3] == "0.0517 ± 0.0006"
+    assert rows["hsa=false"][1] == "2 (1, 2)" and rows["hsa=false"][3] == "0.0415 ± 0.0007"
+    assert rows["hsa=false"][2] == "0.0208 ± 0.0004"  # R@5 = x / 2

@@ -8,14 +8,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 IN=${1:?usage: beauty.sh IN OUT [options]}; OUT=${2:?usage: beauty.sh IN OUT [options]}; shift 2
-PY=${PYTHON:-python3}
-if [ -x .venv/bin/python ] && [[ " $* " == *" --smoke "* ]]; then PY=.venv/bin/python; fi
-if ! $PY -c "import ruamel.yaml, typer, pandas, pyarrow, scipy, tqdm" 2>/dev/null; then
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/prism_site .whl/*.whl
-    export PYTHONPATH=/tmp/prism_site${PYTHONPATH:+:$PYTHONPATH}
-  fi
-fi
-if [[ " $* " == *" --smoke "* ]]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
+source bench/gpu/env.sh "$@"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 exec $PY bench/gpu/run.py "$IN" "$OUT" "$@"

@@ -5,6 +5,7 @@ and each bounded by what is left of `--total-s`:
   env       nvidia-smi, torch/CUDA versions, CPU
   prep      only when IN lacks them: collab, quantize (PRISM, RQ-VAE), dedup on the GPU
   bench     bench/recommender_throughput.py on CUDA: training samples/s, decoding users/s
+  cbench    (only when named) the training step eager vs torch.compile/CUDA graphs at the run's batch
   rec       PRISM and TIGER recommenders trained side by side on the one GPU, each with a wall-clock
             training budget (`--rec-min`), on the semantic IDs computed beforehand on CPU (the ones
             docs/results.md's CPU runs used, so the comparison is like for like)
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,12 +41,19 @@ TIGER = ["-S", "dsi=false", "-S", "ssa=false", "-S", "ats=false", "-S", "dt=fals
 RUNS = {"prism": ("sid_prism", []), "tiger": ("sid_rqvae", TIGER)}
 
 
+# smoke runs check the plumbing, not the model: one encoder and one decoder layer (a quarter of the CPU time)
+SMOKE_MODEL = ["-S", "recommender.enc_layers=1", "-S", "recommender.dec_layers=1"]
+
+
 class Run:
     def __init__(self, inp: Path, out: Path, smoke: bool, total_s: float):
         self.inp, self.out, self.smoke = inp, out, smoke
         self.t0 = time.time()
         self.total_s = total_s
         self.scratch = out.parent / (out.name + "_work") if smoke else Path("/tmp/prism_gpu_work")
+        # a fresh scratch every run: on a machine kept warm between calls a recommender would otherwise
+        # resume the last call's checkpoint (the budget and speed switches are not in its fingerprint)
+        shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.log = open(out / "log.txt", "a", buffering=1)
         # where the recommenders' inputs are: IN's, or what the prep phase computes when IN lacks them
@@ -55,7 +64,8 @@ class Run:
                     "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
         if smoke:
             self.common = ["-S", "dataset=synthetic", "-S", "synthetic.size=tiny", "-S", "device=cpu",
-                           "-S", f"raw_dir={inp / 'raw'}", "-S", "download=false", "-S", "evaluate.latency_users=5"]
+                           "-S", f"raw_dir={inp / 'raw'}", "-S", "download=false", "-S", "evaluate.latency_users=5",
+                           *SMOKE_MODEL]
         else:
             self.common = ["-S", "dataset=beauty", "-S", "device=cuda", "-S", f"raw_dir={inp / 'raw'}",
                            "-S", "download=false"]
@@ -71,12 +81,17 @@ class Run:
     def prism(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "stages.cli", *args]
 
-    def start(self, name: str, cmd: list[str], logfile=None) -> tuple[subprocess.Popen, float, object]:
+    def start(self, name: str, cmd: list[str], logfile=None, share: int = 1) -> tuple[subprocess.Popen, float, object]:
+        """Start `cmd`; `share`: how many processes run side by side (smoke, CPU: each gets its share of
+        the cores instead of all of them, which oversubscribed 2 cores ~2x)."""
         self.say(f"{name}: {' '.join(cmd[2:] if cmd[:3] == [sys.executable, '-m', 'stages.cli'] else cmd)}")
         fh = logfile or self.log
         fh.write(f"==== {name}\n")
         fh.flush()
-        return subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT), time.time(), fh
+        env = self.env
+        if self.smoke and share > 1:
+            env = {**env, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // share))}
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT), time.time(), fh
 
     def wait(self, name: str, proc, t_start: float, timeout: float) -> int:
         try:
@@ -174,8 +189,8 @@ def phase_prep(r: Run, qepochs: int | None) -> None:
         prep[f"dedup_{v}"] = read_json(w / f"d_{v}.json")
 
 
-def phase_bench(r: Run) -> None:
-    dev = "cpu" if r.smoke else "cuda"
+def bench_root(r: Run) -> Path:
+    """The DATA_ROOT layout bench/recommender_throughput.py reads, as links to this run's inputs."""
     root = r.scratch / "bench_root"
     root.mkdir(exist_ok=True)
     for name, target in (("processed", r.inp / "processed"), ("features", r.inp / "features"),
@@ -183,14 +198,55 @@ def phase_bench(r: Run) -> None:
         link = root / name
         if not link.exists():
             link.symlink_to(target)
+    return root
+
+
+def phase_bench(r: Run) -> None:
+    dev = "cpu" if r.smoke else "cuda"
+    root = bench_root(r)
     steps, users = ("3", "16") if r.smoke else ("60", "4096")
     text = r.output_of("bench", [sys.executable, "bench/recommender_throughput.py", str(root), "--devices", dev,
-                                 "--steps", steps, "--users", users, "-S", "evaluate.batch_size=1024"],
+                                 "--steps", steps, "--users", users, *(SMOKE_MODEL if r.smoke else [])],
                        min(120, max(r.left() - 300, 30)))
     lines = [ln for ln in text.splitlines() if ln.startswith(("machine:", dev))]
     r.res["bench"] = lines
     for ln in lines:
         r.say(f"bench: {ln}")
+
+
+def phase_cbench(r: Run, which: str = "eager,compiled", reserve: float = 240) -> None:
+    """Issue 9's route to 20k samples/s at the paper's batch 128: the training step through
+    torch.compile (mode reduce-overhead: CUDA graphs), histories padded to one length (20, the `auto`
+    default), against the eager step of the same run. Smoke: the aot_eager backend (no build).
+    (Three lengths, 5/10/20, compiled six graphs at ~40 s each and ran out of time: H200, sixth session.)"""
+    dev = "cpu" if r.smoke else "cuda"
+    root = bench_root(r)
+    steps, users = ("3", "8") if r.smoke else ("300", "256")
+    known = {"eager": ("eager", ["-S", "recommender.compile=false"]),
+             "compiled": ("compile [20]", ["-S", "recommender.compile=true", "-S", "recommender.length_buckets=[20]",
+                                           "--profile", "2" if r.smoke else "30"])}  # where its step time goes
+    backend = []
+    if r.smoke:  # plumbing only: no build (aot_eager), dropout 0 (the CPU dropout mask breaks the graph: slow),
+        # a one-layer model (tracing time grows with the layers); the eager variant is what `bench` smokes
+        backend = ["--compile-backend", "aot_eager", "-S", "recommender.dropout=0.0", *SMOKE_MODEL]
+        known.pop("eager")
+    variants = [known[k] for k in which.split(",") if k in known]
+    out = r.res.setdefault("cbench", [])
+    for tag, sw in variants:
+        left = r.left() - reserve  # what later phases (rec, eval) need
+        if left < 60:
+            r.say(f"cbench {tag}: skipped, {left:.0f} s left beyond the reserve")
+            continue
+        text = r.output_of(f"cbench_{tag.replace(' ', '_').replace('[', '').replace(']', '')}",
+                           [sys.executable, "bench/recommender_throughput.py", str(root), "--devices", dev,
+                            "--steps", steps, "--users", users, *backend, *r.rec_set, *sw], min(240, left))
+        lines = [f"{tag}: {ln}" for ln in text.splitlines() if ln.startswith(dev)]
+        out += lines
+        prof = [ln for ln in text.splitlines() if ln.startswith("profile")]
+        if prof:  # the profiler's tables (also in log.txt)
+            r.res.setdefault("cbench_profile", {})[tag] = prof
+        for ln in lines:
+            r.say(f"cbench: {ln}")
 
 
 def selected(r: Run) -> dict[str, tuple[str, list[str]]]:
@@ -210,10 +266,10 @@ def phase_rec(r: Run, rec_min: float) -> None:
         r.say(f"rec: training budget cut to {fit_min} min to fit --total-s")
     r.res["rec_min"] = fit_min
     # per-epoch validation: `valid_users: auto` (all users on CUDA: ~1 s for Beauty on an H200)
-    extra = ["-S", f"recommender.time_budget_min={fit_min}",
-             "-S", "recommender.eval_batch=1024"]
+    extra = ["-S", f"recommender.time_budget_min={fit_min}"]  # eval_batch auto: 1,024 users on CUDA
     if r.smoke:
         extra += ["-S", "synthetic.max_epochs=1"]
+    extra += r.rec_set
     runs = selected(r)
     procs = {}
     for name, (sid, sw) in runs.items():
@@ -221,7 +277,7 @@ def phase_rec(r: Run, rec_min: float) -> None:
         cmd = r.prism("train", *rec_args(r, sid, extra + sw), "--out", str(o / "model"), "--ckpt",
                       str(o / "ckpt"), "--metrics", str(o / "train.json"), "--curve", str(o / "train.csv"))
         fh = open(r.out / f"log_{name}.txt", "a", buffering=1)
-        procs[name] = r.start(f"train_{name}", cmd, fh)
+        procs[name] = r.start(f"train_{name}", cmd, fh, share=len(runs))
     for name, (p, t, _) in procs.items():
         r.wait(f"train_{name}", p, t, r.left() - 75)
     for name in runs:
@@ -238,10 +294,11 @@ def phase_eval(r: Run) -> None:
         if not (o / "model" / "model.pt").is_file():
             r.say(f"eval_{name}: no trained model, skipped")
             continue
-        cmd = r.prism("evaluate", *rec_args(r, sid, ["-S", "evaluate.batch_size=1024", *sw]), "--model",
+        cmd = r.prism("evaluate", *rec_args(r, sid, sw), "--model",
                       str(o / "model"), "--predictions", str(o / "predictions.parquet"), "--metrics",
                       str(o / "eval.json"), "--groups-plot", str(o / "groups.csv"))
-        procs[name] = r.start(f"eval_{name}", cmd, open(r.out / f"log_{name}.txt", "a", buffering=1))
+        fh = open(r.out / f"log_{name}.txt", "a", buffering=1)
+        procs[name] = r.start(f"eval_{name}", cmd, fh, share=len(runs))
     for name, (p, t, _) in procs.items():
         r.wait(f"eval_{name}", p, t, r.left() - 10)
         r.res.setdefault(name, {})["eval"] = read_json(r.scratch / name / "eval.json")
@@ -300,7 +357,11 @@ def summary(r: Run) -> str:
     env = r.res.get("env", {})
     lines += [f"- GPU: {env.get('nvidia-smi', '-')}", f"- {env.get('python', '-')}", f"- CPU: {env.get('cpu', '-')}"]
     lines += [f"- bench: {b}" for b in r.res.get("bench", [])]
-    lines += ["- per-epoch validation: recommender.valid_users auto (all users on CUDA)", ""]
+    lines += [f"- cbench: {b}" for b in r.res.get("cbench", []) if "train" in b or "warm-up" in b]
+    lines += ["- per-epoch validation: recommender.valid_users auto (all users on CUDA)"]
+    if r.res.get("set"):
+        lines += [f"- NOT the paper recipe, train run with: {' '.join(r.res['set'])}"]
+    lines += [""]
     lines += ["| run | epochs (best) | stopped | train s | samples/s | valid N@20 | test R@5 | R@10 | R@20 | N@5 | N@10 "
               "| N@20 | eval users/s | ms/user b1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("prism", "tiger"):
@@ -337,13 +398,23 @@ def main() -> None:
     ap.add_argument("--rec-min", type=float, default=2.5)
     ap.add_argument("--phases", default="env prep bench rec eval upstream")
     ap.add_argument("--quantize-epochs", type=int, default=None, help="prep: quantize.epochs (default: params.yaml)")
+    ap.add_argument("--cbench", default="eager,compiled",
+                    help="cbench variants: eager,compiled | compiled (the compiled one also profiles 30 steps)")
     ap.add_argument("--runs", default="prism,tiger", help="recommenders trained side by side: prism,tiger")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra param for the recommenders' train (e.g. recommender.batch_size=1024): a departure "
+                         "from the paper recipe that the summary names")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     r = Run(a.inp.resolve(), a.out.resolve(), a.smoke, a.total_s)
     r.runs = a.runs.split(",")
+    r.res["set"] = a.set
+    r.rec_set = [x for kv in a.set for x in ("-S", kv)]
     phases = a.phases.split()
-    steps = {"env": lambda: phase_env(r), "prep": lambda: phase_prep(r, a.quantize_epochs), "bench": lambda: phase_bench(r), "rec": lambda: phase_rec(r, a.rec_min),
+    steps = {"env": lambda: phase_env(r), "prep": lambda: phase_prep(r, a.quantize_epochs),
+             "bench": lambda: phase_bench(r),
+             "cbench": lambda: phase_cbench(r, a.cbench, reserve=240 if "rec" in phases else 20),
+             "rec": lambda: phase_rec(r, a.rec_min),
              "eval": lambda: phase_eval(r), "upstream": lambda: phase_upstream(r)}
     for ph in phases:
         try:

@@ -35,7 +35,7 @@ class PreprocessConfig:
     max_seq_len: int = 20
     levels: int = 3
     tie_break: str = "asin"  # asin | file_order
-    popularity_transform: str = "none"  # none (Eq. 4 as written) | log1p (official code)
+    popularity_transform: str = "log1p"  # log1p (official code) | none (min-max of raw counts)
     text_fields: tuple[str, ...] = ("title", "brand", "categories", "price", "salesRank", "description")
     bad_records: str = "error"  # error | skip
 

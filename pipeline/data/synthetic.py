@@ -89,7 +89,7 @@ class SyntheticSize:
 
 SIZES = {
     "tiny": SyntheticSize(n_users=400, n_items=250, mean_len=9.0, domains=4, aisles=3, shelves=3),
-    "small": SyntheticSize(n_users=2500, n_items=1200, mean_len=9.5, domains=6, aisles=4, shelves=4),
+    "small": SyntheticSize(n_users=1500, n_items=750, mean_len=9.5, domains=6, aisles=4, shelves=4),
     "cds": SyntheticSize(n_users=78000, n_items=70000, mean_len=14.8, domains=8, aisles=6, shelves=6),
 }
 

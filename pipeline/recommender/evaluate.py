@@ -66,7 +66,7 @@ def batch1_latency_ms(model, data: SeqData, trie: TrieIndex, beam: int, topk: in
     return 1000 * float(np.mean(times)) if times else 0.0
 
 
-def evaluate_split(model, data, idx, trie, beam, batch, device, amp="auto", ks=(5, 10, 20), progress=None,
+def evaluate_split(model, data, idx, trie, beam, batch, device, amp="off", ks=(5, 10, 20), progress=None,
                    norm="renorm"):
     top = rank(model, data, idx, trie, beam, max(ks), batch, device, amp, progress, norm)
     return recall_ndcg(target_ranks(top, data.targets[idx]), ks), top

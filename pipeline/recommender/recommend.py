@@ -126,7 +126,7 @@ class Recommender:
         return ids, times
 
     # ------------------------------------------------------------------ ranking
-    def recommend_queries(self, queries: Iterable[Query], k: int = 10, beam: int = 30, batch: int = 256,
+    def recommend_queries(self, queries: Iterable[Query], k: int = 10, beam: int = 30, batch: int | str = "auto",
                           on_error: str = "error", truncate: bool = False, progress=None) -> list[Result]:
         if on_error not in ("error", "skip"):
             raise ValueError(f"on_error must be 'error' or 'skip', got '{on_error}'")

@@ -29,10 +29,17 @@ import torch
 SECONDS_PER_DAY = 86400
 
 
-def _padded_positions(s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flat positions of rows flat[s:e], right-padded to the longest (padding repeats the row's last
-    position) and the padding mask."""
-    pos = s[:, None] + np.arange(int((e - s).max()))[None]
+def padded_width(longest: int, buckets: tuple[int, ...] = ()) -> int:
+    """The padded history length of a batch: its longest history, or with `buckets` (ascending) the
+    smallest bucket that holds it (`recommender.length_buckets`: a few static shapes for
+    `torch.compile`/CUDA graphs; padding is masked, so the loss is the same)."""
+    return next((b for b in buckets if b >= longest), longest)
+
+
+def _padded_positions(s: np.ndarray, e: np.ndarray, width: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions of rows flat[s:e], right-padded to the longest or to `width` if larger
+    (padding repeats the row's last position) and the padding mask."""
+    pos = s[:, None] + np.arange(max(int((e - s).max()), width))[None]
     pad = pos >= e[:, None]
     return np.minimum(pos, e[:, None] - 1), pad
 
@@ -94,12 +101,13 @@ class SeqData:
         start = np.concatenate([[0], np.cumsum(lens + 1)[:-1]]).astype(np.int64)
         return cls(items, times, start, start + lens)
 
-    def batch(self, idx: np.ndarray, n_buckets: int, device: str = "cpu", causal: bool = False) -> dict[str, torch.Tensor]:
-        """Histories padded (right) to the longest in the batch, Δt buckets and targets. Δt is each
-        item's age before the most recent history item (bidirectional encoder) or, with `causal`,
-        the gap to the previous history item (`dt_gaps`)."""
+    def batch(self, idx: np.ndarray, n_buckets: int, device: str = "cpu", causal: bool = False,
+              buckets: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+        """Histories padded (right) to the longest in the batch (or its length bucket, `padded_width`),
+        Δt buckets and targets. Δt is each item's age before the most recent history item
+        (bidirectional encoder) or, with `causal`, the gap to the previous history item (`dt_gaps`)."""
         s, e = self.start[idx], self.end[idx]
-        pos, pad = _padded_positions(s, e)
+        pos, pad = _padded_positions(s, e, padded_width(int((e - s).max()), buckets))
         hist = np.where(pad, -1, self.items[pos])
         if causal:
             dt = dt_bucket(dt_gaps(self.times[pos], pad), n_buckets)

@@ -12,6 +12,7 @@ Learning rate (`lr_factor`): linear warmup, then cosine to 0 over `max_epochs` â
 budget, over whichever ends first, so a budget run ends annealed. Raising the budget of a finished
 budget run resumes it as a warm restart: the cosine is re-read at the new fraction of the budget
 (e.g. 60 -> 120 minutes resumes at half the peak rate) and anneals again to the new end.
+`budget_anneal: false` keeps the paper's schedule under a budget (the budget then only stops).
 An epoch cut short by the budget is not counted as complete: a resumed run finishes its remaining
 batches (same order) before the next epoch starts.
 """
@@ -47,6 +48,7 @@ class FitConfig:
     max_epochs: int = 300
     patience: int = 10
     time_budget_min: float = 0.0  # 0 = no budget
+    budget_anneal: bool = True  # the cosine ends at the budget (else the budget only stops: the paper's schedule)
     warmup_steps: int = 1000
     scheduler: str = "cosine"  # cosine (to 0 at max_epochs or at the time budget's end) | constant
     grad_clip: float = 1.0
@@ -65,12 +67,61 @@ class FitResult:
     info: dict = field(default_factory=dict)
 
 
+def resolve_compile(setting: bool | str, device: str, causal: bool) -> tuple[bool, str]:
+    """`recommender.compile`: `true` | `false` | `auto`, and why. `auto` compiles a bidirectional model
+    on CUDA (measured on one H200 at the paper's batch 128: 1.5k samples/s eager, 16.5k compiled,
+    docs/results.md) and nothing else: on a CPU the compile buys nothing (docs/design.md), and the
+    causal encoder's window batches vary in shape (a graph each)."""
+    if isinstance(setting, bool):
+        return setting, "recommender.compile: " + ("true" if setting else "false")
+    if setting != "auto":
+        raise ParamError(f"recommender.compile must be true, false or 'auto', got {setting!r}")
+    if torch.device(device).type != "cuda":
+        return False, "auto: off on CPU (no gain there)"
+    if causal:
+        return False, "auto: off for the causal encoder (window batches vary in shape)"
+    return True, "auto: on for a bidirectional model on CUDA"
+
+
+def length_buckets(cfg: FitConfig, max_len: int, compiled: bool | None = None) -> tuple[int, ...]:
+    """`recommender.length_buckets`: the history lengths a bidirectional batch is padded to. `auto`:
+    none (pad to the batch's longest) unless the loss is compiled (`compiled`, default: `cfg.compile is
+    True`), then max_len alone: one static length, two graphs an epoch (the full and the last batch).
+    Three lengths (max_len/4, /2, /1) cost three times the compile (~40 s per graph cold on an H200) for
+    no measured gain. A list: those lengths."""
+    b = cfg.length_buckets
+    if compiled is None:
+        compiled = cfg.compile is True
+    if b == "auto":
+        return (max_len,) if compiled else ()
+    if not isinstance(b, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in b):
+        raise ParamError(f"recommender.length_buckets must be 'auto' or a list of positive lengths, got {b!r}")
+    return tuple(sorted(b))
+
+
+def compiled_loss(model, device: str, backend: str = "inductor"):
+    """`recommender.compile`: `model.loss` through `torch.compile` (issue 9: at the paper's batch 128 a
+    CUDA step is launch bound, a few hundred small kernels). On CUDA mode `reduce-overhead` (CUDA
+    graphs: the step's kernels replay as one graph); elsewhere the default mode. `dynamic=False`: one
+    graph per (batch size, padded length), which `length_buckets` keeps to a handful. `backend`: another
+    dynamo backend (benchmarks' smoke runs use `aot_eager`: no C++/Triton build)."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    cuda_graphs = backend == "inductor" and torch.device(device).type == "cuda"
+    return torch.compile(model.loss, backend=backend, mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
+
+
 def train_step(model, opt, batch: dict[str, torch.Tensor], device: str, amp: AmpChoice | str, grad_clip: float,
-               net=None):
+               net=None, loss_fn=None):
     """One optimizer step on L_isr (Eq. 18); returns the detached loss parts. `net`: the DDP wrapper
-    of `model.loss` under torchrun (pipeline/distributed.py), else None."""
+    of `model.loss` under torchrun (pipeline/distributed.py), else None; `loss_fn`: a compiled
+    `model.loss` (`compiled_loss`), else None."""
+    fn = net if net is not None else (loss_fn or model.loss)
+    if loss_fn is not None and torch.device(device).type == "cuda":
+        torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's graph outputs may be reused
     with autocast(device, amp):
-        loss, parts = model.loss(batch) if net is None else net(batch)
+        loss, parts = fn(batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
@@ -106,14 +157,15 @@ def lr_factor(cfg: FitConfig, step: int, total_steps: int, train_s: float = 0.0,
     """Multiplier of `cfg.lr` at optimizer step `step` (0-based): linear warmup over
     `warmup_steps`, then (cosine) half a cosine from 1 to 0. Its progress is the larger of the step
     fraction of `total_steps` (= max_epochs) and the time fraction of the budget, so a budget run
-    reaches 0 when its budget is spent."""
+    reaches 0 when its budget is spent; with `budget_anneal: false` the budget is only a cap and the
+    cosine spans `max_epochs` as in the paper (a safety cap on a run meant to early-stop)."""
     if cfg.scheduler not in ("cosine", "constant"):
         raise ParamError(f"recommender.scheduler must be 'cosine' or 'constant', got '{cfg.scheduler}'")
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
     if cfg.scheduler == "constant":
         return warm
     prog = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps) if step >= cfg.warmup_steps else 0.0
-    if budget_s < float("inf"):
+    if budget_s < float("inf") and cfg.budget_anneal:
         prog = max(prog, train_s / budget_s)
     return warm * 0.5 * (1 + math.cos(math.pi * min(max(prog, 0.0), 1.0)))
 
@@ -125,15 +177,21 @@ def epoch_plan(train, batch_size: int, rng: np.random.Generator, bucket: bool) -
     return epoch_batches(len(train), batch_size, rng, train.lengths, bucket)
 
 
+def steps_per_epoch(train, cfg: FitConfig) -> int:
+    """Optimizer steps in one epoch on this rank (under torchrun, its share of the epoch's batches)."""
+    return len(dd.shard(epoch_plan(train, cfg.batch_size, np.random.default_rng(0), cfg.bucket)))
+
+
 def n_samples(train) -> int:
     return train.n_samples if isinstance(train, Windows) else len(train)
 
 
-def make_batch(train, idx: np.ndarray, model, device: str) -> tuple[dict[str, torch.Tensor], int]:
+def make_batch(train, idx: np.ndarray, model, device: str, buckets: tuple[int, ...] = ()
+               ) -> tuple[dict[str, torch.Tensor], int]:
     """A training batch and its number of samples (known on the host: no device sync)."""
     if isinstance(train, Windows):
         return train.batch(idx, model.cfg.time_buckets, device), int(train.n_targets[idx].sum())
-    return train.batch(idx, model.cfg.time_buckets, device), len(idx)
+    return train.batch(idx, model.cfg.time_buckets, device, buckets=buckets), len(idx)
 
 
 def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: FitConfig, device: str, seed: int,
@@ -183,6 +241,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
             log.info("train: %s is from other params or data; starting over", last)
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min > 0 else float("inf")
     epochs_this_call = 0
+    compiled_ok = False  # a compiled step has run (later failures are real errors)
     while True:
         state["stopped"] = stop_reason(state, cfg, budget_s)  # also re-checked on resume (a larger budget)
         if state["stopped"] or (stop_after is not None and epochs_this_call >= stop_after):

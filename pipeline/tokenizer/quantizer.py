@@ -4,7 +4,8 @@ One module per idea:
 - `TrustGate` / `acd_loss`        Eq. 2-4  Adaptive Collaborative Denoising
 - `Encoder` (MLP)                 Eq. 5    z = Enc(e_cont || g ⊙ e_collab)
 - `ResidualQuantizer`             §3.3.3   L levels of EMA codebooks, straight-through estimator
-- `hsa_loss`                      Eq. 6-7  Hierarchical Semantic Anchoring
+- `hsa_loss` / `hsa_loss_soft`   Eq. 6-7  Hierarchical Semantic Anchoring (codebook reading / soft reading)
+- `fit_anchors`                   Eq. 6    the anchors p_l: a ridge-fitted linear projection of the tag embeddings
 - `reconstruction_loss`           Eq. 8    Dual-Head Reconstruction (or one head when dhr=False)
 - `PurifiedSemanticQuantizer.loss` Eq. 9   L_psq = L_dhr + β L_commit + λ1 L_acd + λ2 L_hsa
 
@@ -43,9 +44,18 @@ class QuantizerConfig:
     use_collab: bool = True
     acd_variance: str = "item"  # item (Eq. 4: over each item's gate elements) | batch (official code)
     dhr_target_sg: bool = True  # stop-gradient on the purified collab target of Eq. 8
-    hsa_grad: str = "codebook"  # where HSA's classification gradient goes: codebook | encoder
+    acd_margin: str = "relative"  # relative (δ scaled by the variance reachable at the gate's mean) | absolute (Eq. 4)
+    hsa_grad: str = "codebook"  # codebook (Eq. 7 on codebook rows) | soft (items' soft assignments) | encoder
+    hsa_cls: str = "probe"  # soft reading: probe (Eq. 7's classifier reads sg[q̃]) | encoder (its gradient reaches z)
     ema_decay: float = 0.99
     restart_dead: bool = True  # restart codes unused during an epoch
+
+    def __post_init__(self):
+        for key, allowed in (("acd_variance", ("item", "batch")), ("acd_margin", ("relative", "absolute")),
+                             ("hsa_grad", ("soft", "codebook", "encoder")), ("hsa_cls", ("probe", "encoder"))):
+            if getattr(self, key) not in allowed:
+                raise ParamError(f"quantize.{key} must be one of {', '.join(repr(a) for a in allowed)}, "
+                                 f"got {getattr(self, key)!r}")
 
 
 def mlp(dims: list[int], dropout: float, final_act: bool = False) -> nn.Sequential:
@@ -69,19 +79,38 @@ class TrustGate(nn.Module):
         return torch.sigmoid(self.net(e_collab))
 
 
-def acd_loss(g: torch.Tensor, popularity: torch.Tensor, delta: float, variance: str = "item") -> torch.Tensor:
+def acd_margin(mean: torch.Tensor, delta: float, margin: str) -> torch.Tensor | float:
+    """The variance margin of Eq. 4. "absolute": δ, as written. "relative": δ · 4·m(1 − m) with m the
+    (stop-gradient) mean of the gate elements: values in [0, 1] with mean m have variance at most
+    m(1 − m), so an absolute δ = 0.1 cannot hold together with ḡ_v = p_v for any item with
+    p_v < 0.113 (most items on Beauty); the relative margin equals δ at m = 1/2 and can always
+    be met (docs/design.md, "ACD")."""
+    if margin == "absolute":
+        return delta
+    if margin == "relative":
+        m = mean.detach()
+        return 4.0 * delta * m * (1 - m)
+    raise ParamError(f"quantize.acd_margin must be 'relative' or 'absolute', got {margin!r}")
+
+
+def acd_loss(g: torch.Tensor, popularity: torch.Tensor, delta: float, variance: str = "item",
+             margin: str = "absolute") -> torch.Tensor:
     """Eq. 4: (ḡ_v − p_v)² + ReLU(δ − Var(g_v)), averaged over the batch.
 
     variance="item": Var over each item's gate elements (the paper); "batch": Var of each gate
     element over the batch, averaged over elements (what the official code does).
+    margin: "absolute" (δ as written) or "relative" (see `acd_margin`).
     """
-    align = (g.mean(dim=1) - popularity).pow(2)
+    gbar = g.mean(dim=1)
+    align = (gbar - popularity).pow(2)
     if variance == "item":
-        spread = F.relu(delta - g.var(dim=1, unbiased=False))
+        spread = F.relu(acd_margin(gbar, delta, margin) - g.var(dim=1, unbiased=False))
         return (align + spread).mean()
     if variance == "batch":
-        return align.mean() + F.relu(delta - g.var(dim=0, unbiased=False).mean())
-    raise ParamError(f"acd_variance must be 'item' or 'batch', got '{variance}'")
+        d = acd_margin(g.mean(dim=0), delta, margin)
+        d = d.mean() if torch.is_tensor(d) else d
+        return align.mean() + F.relu(d - g.var(dim=0, unbiased=False).mean())
+    raise ParamError(f"quantize.acd_variance must be 'item' or 'batch', got {variance!r}")
 
 
 class ResidualQuantizer(nn.Module):
@@ -177,29 +206,111 @@ class ResidualQuantizer(nn.Module):
         self.ema_sum.copy_(self.codebooks.data * self.ema_count[..., None])
 
 
-def soft_prototype(anchor: torch.Tensor, codebook: torch.Tensor, tau: float) -> torch.Tensor:
-    """Eq. 6: p̃ = Σ_k α_k e_k, α = softmax_k(−‖p − e_k‖² / τ_hsa)."""
-    alpha = torch.softmax(-torch.cdist(anchor, codebook).pow(2) / tau, dim=-1)
-    return alpha @ codebook
+def soft_prototype(anchor: torch.Tensor, codebook: torch.Tensor, tau: float | torch.Tensor,
+                   d2: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 6: p̃ = Σ_k α_k e_k, α = softmax_k(−‖p − e_k‖² / τ_hsa). `d2`: the squared distances
+    ‖p − e_k‖² when the caller has them already."""
+    if d2 is None:
+        d2 = torch.cdist(anchor, codebook).pow(2)
+    return torch.softmax(-d2 / tau, dim=-1) @ codebook
 
 
 def hsa_loss(anchors: list[torch.Tensor], codebooks: torch.Tensor, q: torch.Tensor, tags: torch.Tensor,
              classifiers: nn.ModuleList, tau: float) -> torch.Tensor:
-    """Eq. 7: Σ_l ‖p_l − p̃_l‖² + CE(φ_cls^(l)(q_1 ‖ … ‖ q_l), t_l), items without a depth-l tag masked.
+    """Eq. 7, codebook reading (`hsa_grad: codebook | encoder`): Σ_l ‖p_l − p̃_l‖² +
+    CE(φ_cls^(l)(q_1 ‖ … ‖ q_l), t_l), items without a depth-l tag masked. The anchors are learned
+    projections and p̃_l is built from the codebook, so the first term moves only codebooks and
+    projections (no item latent); see `hsa_loss_soft` for the reading that reaches the items.
 
     anchors[l]: (B, d_cb) projected tag embeddings p_l of each item's depth-l tag (rows of items
     with no tag are ignored); q: (B, L, d_cb) straight-through quantized vectors; tags: (B, L).
     """
     total = q.new_zeros(())
+    # untagged items weigh 0 (masks as weights, not boolean indexing: no host sync per step, issue 9);
+    # a level with no tagged item in the batch adds 0
     for l, cls in enumerate(classifiers):
-        mask = tags[:, l] >= 0
-        if not mask.any():
-            continue
-        p = anchors[l][mask]
-        align = (p - soft_prototype(p, codebooks[l], tau)).pow(2).sum(-1).mean()
-        h = q[mask, : l + 1].flatten(1)
-        total = total + align + F.cross_entropy(cls(h), tags[mask, l])
+        w = (tags[:, l] >= 0).to(q.dtype)
+        n = w.sum().clamp_min(1.0)
+        p = anchors[l]
+        align = ((p - soft_prototype(p, codebooks[l], tau)).pow(2).sum(-1) * w).sum() / n
+        h = q[:, : l + 1].flatten(1)
+        total = total + align + F.cross_entropy(cls(h), tags[:, l], ignore_index=-1, reduction="sum") / n
     return total
+
+
+def hsa_loss_soft(anchors: list[torch.Tensor], codebooks: torch.Tensor, residuals: torch.Tensor,
+                  tags: torch.Tensor, classifiers: nn.ModuleList, tau: float, cls_grad: bool = False) -> torch.Tensor:
+    """Eq. 6-7, soft reading (`hsa_grad: soft`; docs/design.md, "HSA").
+
+    Each item's level-l residual r_l is seen through C_l the way Eq. 6 sees an anchor: its soft
+    assignment q̃_l = Σ_k softmax_k(−‖r_l − e_k‖²/τ_hsa) e_k. Per level, with p̃_l the soft
+    prototype (Eq. 6) of the item's depth-l tag anchor p_l:
+
+        L_hsa = Σ_l ‖q̃_l − sg[p̃_l]‖² + CE(φ_cls^(l)(q̃_1 ‖ … ‖ q̃_l), t_l)
+
+    The first term is differentiable in r_l, so its gradient reaches the encoder: items move towards
+    their tag's region of C_l. It flows through the softmax weights, so it acts mostly on items near
+    a code boundary. τ_hsa is relative to the level's mean squared distance to the nearest code, and
+    the squared error is a mean over dimensions (as L_dhr and L_commit here). Codebooks enter
+    detached: they follow their items by EMA (§3.3.3). The classifier reads sg[q̃] by default
+    (`cls_grad=False`, `hsa_cls: probe`): with its gradient into the encoder, level 1 collapses on
+    Beauty (perplexity 82 vs 198 after 10 epochs, docs/design.md "HSA").
+
+    anchors[l]: (T_l, d_cb) the anchors of the depth-l tags (`fit_anchors`); codebooks: (L, K, d_cb);
+    residuals: (B, L, d_cb) with gradient; tags: (B, L), −1 = no tag.
+    """
+    cb = codebooks.detach()
+    total = residuals.new_zeros(())
+    q_soft = []
+    # masks as weights (no boolean indexing, no host sync per step); untagged items weigh 0
+    for l, cls in enumerate(classifiers):
+        d2 = torch.cdist(residuals[:, l], cb[l]).pow(2)
+        # τ_hsa relative to the level's mean squared distance to the nearest code (stop-gradient), so that
+        # the encoder cannot sharpen or blur the soft assignments by rescaling z
+        t = tau * d2.detach().min(1).values.mean().clamp_min(1e-8)
+        q_soft.append(soft_prototype(residuals[:, l], cb[l], t, d2=d2))
+        w = (tags[:, l] >= 0).to(residuals.dtype)
+        with torch.no_grad():  # one prototype per tag, then each item's
+            p_tilde = soft_prototype(anchors[l], cb[l], t)[tags[:, l].clamp(min=0)]
+        # mean over dimensions, as L_dhr and L_commit (Eq. 8-9) in this implementation
+        align = ((q_soft[l] - p_tilde).pow(2).mean(-1) * w).sum() / w.sum().clamp_min(1.0)
+        h = torch.cat(q_soft, 1)
+        ce = F.cross_entropy(cls(h if cls_grad else h.detach()), tags[:, l], ignore_index=-1, reduction="sum")
+        total = total + align + ce / w.sum().clamp_min(1.0)
+    return total
+
+
+@torch.no_grad()
+def fit_anchors(tag_embs: list[torch.Tensor], tags: torch.Tensor, residuals: torch.Tensor,
+                ridge: float = 1e-2) -> list[torch.Tensor]:
+    """Eq. 6's anchors p_l = W_l t + b_l (a linear projection of the tag's text embedding into the
+    codebook space), with W_l, b_l fitted by ridge regression so that each tag's anchor lands on
+    the mean level-l residual of its items, instead of learned by the loss (a learned projection can
+    drop every anchor onto a code and make ‖p − p̃‖² vanish with nothing moved). Refitted every epoch
+    by the caller. ridge is relative to the mean squared norm of the tag embeddings. Returns, per
+    level, the anchors of all tags at that depth: (T_l, d_cb).
+    """
+    out = []
+    for l, a in enumerate(tag_embs):
+        t = tags[:, l]
+        ok = t >= 0
+        n_t = a.shape[0]
+        cnt = torch.bincount(t[ok], minlength=n_t).to(residuals.dtype)
+        y = torch.zeros(n_t, residuals.shape[-1], dtype=residuals.dtype, device=residuals.device)
+        y.index_add_(0, t[ok], residuals[ok, l])
+        seen = cnt > 0
+        if not seen.any():
+            out.append(torch.zeros_like(y))
+            continue
+        y = y[seen] / cnt[seen, None]
+        x = torch.cat([a, torch.ones(n_t, 1, dtype=a.dtype, device=a.device)], 1).to(residuals.dtype)
+        xs = x[seen]
+        lam = ridge * float(xs.pow(2).sum(1).mean())
+        # dual form (T_seen ≤ d_tag): W = Xᵀ (X Xᵀ + λI)⁻¹ Y
+        k = xs @ xs.T + lam * torch.eye(len(xs), dtype=xs.dtype, device=xs.device)
+        w = xs.T @ torch.linalg.solve(k, y)
+        out.append(x @ w)
+    return out
 
 
 def reconstruction_loss(recon: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -225,7 +336,9 @@ class PurifiedSemanticQuantizer(nn.Module):
         else:
             self.decoders = nn.ModuleDict({"joint": mlp([*rev, d_in], cfg.dropout)})
         if cfg.hsa:
-            self.anchor_proj = nn.ModuleList(nn.Linear(tag_dim, cfg.d_cb) for _ in range(cfg.levels))
+            if cfg.hsa_grad != "soft":  # learned projection (soft: fitted by `fit_anchors`, no parameters)
+                self.anchor_proj = nn.ModuleList(nn.Linear(tag_dim, cfg.d_cb) for _ in range(cfg.levels))
+            self.fitted_anchors: list[torch.Tensor] | None = None  # soft reading: set by `refit_anchors`
             self.classifiers = nn.ModuleList(nn.Linear((l + 1) * cfg.d_cb, max(n, 1)) for l, n in enumerate(n_tags))
 
     def purify(self, e_collab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -252,7 +365,7 @@ class PurifiedSemanticQuantizer(nn.Module):
         shrink the target to make it trivially easy to reconstruct (docs/design.md)."""
         return out["purified"].detach() if self.cfg.dhr_target_sg else out["purified"]
 
-    def loss(self, batch: dict[str, torch.Tensor], out: dict, anchors_table: list[torch.Tensor] | None = None):
+    def loss(self, batch: dict[str, torch.Tensor], out: dict, tag_embs: list[torch.Tensor] | None = None):
         """Eq. 9: L_psq = L_dhr + β L_commit + λ1 L_acd + λ2 L_hsa. Returns (total, parts)."""
         cfg = self.cfg
         parts: dict[str, torch.Tensor] = {}
@@ -270,16 +383,32 @@ class PurifiedSemanticQuantizer(nn.Module):
         parts["commit"] = (out["z"] - out["z_q"].detach()).pow(2).mean()
         total = total + cfg.beta * parts["commit"]
         if out["g"] is not None:
-            parts["acd"] = acd_loss(out["g"], batch["popularity"], cfg.delta, cfg.acd_variance)
+            parts["acd"] = acd_loss(out["g"], batch["popularity"], cfg.delta, cfg.acd_variance, cfg.acd_margin)
             total = total + cfg.lambda1 * parts["acd"]
         if cfg.hsa:
-            tags = batch["tags"]
-            anchors = [self.anchor_proj[l](anchors_table[l][tags[:, l].clamp(min=0)]) for l in range(cfg.levels)]
-            if cfg.hsa_grad == "codebook":  # q_l as codebook entries: CE moves the codes (Eq. 7 reads q_l ∈ C_l)
-                q = torch.stack([self.rq.codebooks[l][out["codes"][:, l]] for l in range(cfg.levels)], dim=1)
-            else:  # "encoder": straight-through, CE moves the encoder's residuals
-                q = out["residuals"] + (out["q"] - out["residuals"]).detach()
-            parts["hsa"] = hsa_loss(anchors, self.rq.codebooks, q, tags, self.classifiers, cfg.tau_hsa)
+            parts["hsa"] = self.hsa_term(batch, out, tag_embs)
             total = total + cfg.lambda2 * parts["hsa"]
         parts["total"] = total
         return total, parts
+
+    @torch.no_grad()
+    def refit_anchors(self, tag_embs: list[torch.Tensor], tags: torch.Tensor, residuals: torch.Tensor) -> None:
+        """Soft HSA: refit the anchors p_l of all tags to the items' current residuals (`fit_anchors`)."""
+        self.fitted_anchors = fit_anchors(tag_embs, tags, residuals)
+
+    def hsa_term(self, batch: dict[str, torch.Tensor], out: dict, tag_embs: list[torch.Tensor]) -> torch.Tensor:
+        """L_hsa (Eq. 6-7) in the reading `hsa_grad` names. tag_embs[l]: the depth-l tags' text
+        embeddings (T_l, d_tag), projected by the learned `anchor_proj` (codebook/encoder readings);
+        the soft reading uses the anchors `refit_anchors` fitted from them instead."""
+        cfg, tags = self.cfg, batch["tags"]
+        if cfg.hsa_grad == "soft":
+            if self.fitted_anchors is None:
+                raise RuntimeError("soft HSA needs anchors: call refit_anchors(tag_embs, tags, residuals) first")
+            return hsa_loss_soft(self.fitted_anchors, self.rq.codebooks, out["residuals"], tags, self.classifiers,
+                                 cfg.tau_hsa, cls_grad=cfg.hsa_cls == "encoder")
+        anchors = [self.anchor_proj[l](tag_embs[l][tags[:, l].clamp(min=0)]) for l in range(cfg.levels)]
+        if cfg.hsa_grad == "codebook":  # q_l as codebook entries: CE moves the codes (Eq. 7 reads q_l ∈ C_l)
+            q = torch.stack([self.rq.codebooks[l][out["codes"][:, l]] for l in range(cfg.levels)], dim=1)
+        else:  # "encoder": straight-through, CE moves the encoder's residuals
+            q = out["residuals"] + (out["q"] - out["residuals"]).detach()
+        return hsa_loss(anchors, self.rq.codebooks, q, tags, self.classifiers, cfg.tau_hsa)

@@ -1,4 +1,5 @@
-"""Quality of semantic IDs (paper Table 3): collision rates per depth, perplexity, utilisation."""
+"""Quality of semantic IDs (paper Table 3): collision rates per depth, perplexity, utilisation; how
+well the codes follow the category tree (NMI); the ACD trust gate's statistics."""
 
 from __future__ import annotations
 
@@ -31,3 +32,48 @@ def sid_metrics(codes: np.ndarray, size: int) -> dict:
     m["perplexity_mean"] = float(np.mean(ppl))
     m.update({f"utilisation_l{l + 1}": utilisation(codes[:, l], size) for l in range(L)})
     return m
+
+
+def nmi(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised mutual information I(a; b) / sqrt(H(a) H(b)) of two label arrays (0 when either is constant)."""
+    _, ia = np.unique(a, return_inverse=True)
+    _, ib = np.unique(b, return_inverse=True)
+    ia, ib = ia.ravel(), ib.ravel()
+    n = len(ia)
+    joint = np.bincount(ia * (ib.max() + 1) + ib).astype(np.float64) / n
+    joint = joint[joint > 0]
+    pa = np.bincount(ia) / n
+    pb = np.bincount(ib) / n
+    ha, hb = -(pa * np.log(pa)).sum(), -(pb * np.log(pb)).sum()
+    if ha <= 0 or hb <= 0:
+        return 0.0
+    mi = ha + hb + (joint * np.log(joint)).sum()
+    return float(max(mi, 0.0) / np.sqrt(ha * hb))
+
+
+def tag_nmi(codes: np.ndarray, tags: np.ndarray) -> dict:
+    """NMI between the first d codes (as one label) and the depth-d tag, over items tagged at depth d,
+    for d = 1 .. min(L, 2): does level 1 follow the top categories, (c1, c2) the second level?"""
+    out = {}
+    for d in range(1, min(codes.shape[1], tags.shape[1], 2) + 1):
+        ok = tags[:, d - 1] >= 0
+        if ok.sum() < 2:
+            continue
+        prefix = np.unique(codes[ok, :d], axis=0, return_inverse=True)[1].ravel()
+        out[f"nmi_tag{d}"] = nmi(prefix, tags[ok, d - 1])
+    return out
+
+
+def gate_stats(g: np.ndarray, popularity: np.ndarray) -> dict:
+    """The ACD trust gate (Eq. 2-4) over all items: mean and sd of the per-item mean gate ḡ_v, its
+    correlation with popularity p_v, the mean |ḡ_v − p_v|, the mean per-item variance Var(g_v), and
+    ḡ_v's 10/50/90th percentiles (its distribution)."""
+    gbar = g.mean(1)
+    return {
+        "gate_mean": float(gbar.mean()), "gate_sd": float(gbar.std()),
+        "gate_pop_corr": float(np.corrcoef(gbar, popularity)[0, 1]) if gbar.std() > 0 else 0.0,
+        "gate_pop_mae": float(np.abs(gbar - popularity).mean()),
+        "gate_item_var": float(g.var(1).mean()),
+        **{f"gate_q{q}": float(np.quantile(gbar, q / 100)) for q in (10, 50, 90)},
+        "popularity_mean": float(popularity.mean()),
+    }

@@ -15,7 +15,7 @@ import torch
 
 from pipeline.progress import progress
 from pipeline.tokenizer.quantizer import PurifiedSemanticQuantizer, QuantizerConfig
-from pipeline.tokenizer.sid_metrics import sid_metrics
+from pipeline.tokenizer.sid_metrics import gate_stats, sid_metrics, tag_nmi
 from pipeline.utils import ParamError
 
 
@@ -26,6 +26,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 30  # epochs without a lower training loss (rel. 1e-4) before stopping
+    time_budget_min: float = 0  # wall-clock training budget in minutes; 0 = none
 
 
 @dataclass
@@ -79,13 +80,23 @@ def train_quantizer(data: dict, qcfg: QuantizerConfig, tcfg: TrainConfig, device
     n_tags = [int(t.shape[0]) for t in data["anchors"]]
     model = PurifiedSemanticQuantizer(qcfg, data["e_cont"].shape[1], data["e_collab"].shape[1],
                                       data["anchors"][0].shape[1], n_tags).to(device)
-    anchors = [a.to(device) for a in data["anchors"]]
+    tag_embs = [a.to(device) for a in data["anchors"]]
     full = {k: v.to(device) for k, v in data.items() if k != "anchors"}
+    soft_hsa = qcfg.hsa and qcfg.hsa_grad == "soft"
+
+    def all_residuals() -> torch.Tensor:
+        with torch.no_grad():
+            model.eval()
+            return model(full)["residuals"]
+
     # k-means initialisation of the codebooks on the initial encoder's latents of all items
     with torch.no_grad():
         model.eval()
         z0 = model.encode(full["e_cont"], full["e_collab"])[0]
     model.rq.init_kmeans(z0, seed)
+    # soft HSA: anchors fitted to the items' residuals, refitted every epoch (`fit_anchors`)
+    if soft_hsa:
+        model.refit_anchors(tag_embs, full["tags"], all_residuals())
     cb = [model.rq.codebooks]
     rest = [p for n_, p in model.named_parameters() if not n_.startswith("rq.")]
     opt = torch.optim.AdamW([{"params": rest, "weight_decay": tcfg.weight_decay},
@@ -93,54 +104,63 @@ def train_quantizer(data: dict, qcfg: QuantizerConfig, tcfg: TrainConfig, device
     gen = torch.Generator().manual_seed(seed)
     n = len(full["e_cont"])
     best, best_epoch, history = float("inf"), 0, []
+    stopped: str | None = "max_epochs"  # (when there are no epochs at all)
     t0 = time.time()
     bar = progress(range(1, tcfg.epochs + 1), desc="quantize", leave=False)
     for epoch in bar:
         model.train()
         perm = torch.randperm(n, generator=gen).to(device)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # on the device, read once per epoch (no host sync per step)
         for s in range(0, n, tcfg.batch_size):
             idx = perm[s:s + tcfg.batch_size]
             batch = {k: v[idx] for k, v in full.items()}
             out = model(batch)
-            loss, parts = model.loss(batch, out, anchors)
+            loss, parts = model.loss(batch, out, tag_embs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if qcfg.hsa:
+            if qcfg.hsa and not soft_hsa:
                 model.rq.sync_ema()  # keep HSA's gradient step on the codebooks
             model.rq.ema_update(out["codes"], out["residuals"].detach())
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
-        row = {"epoch": epoch, **{k: v / n for k, v in sums.items()}}
-        if qcfg.restart_dead and epoch < tcfg.epochs:
-            with torch.no_grad():
-                model.eval()
-                res_all = model(full)["residuals"]
-            row["restarted"] = model.rq.restart_dead(res_all, gen)
-        history.append(row)
-        bar.set_postfix(loss=f"{row['total']:.4f}")
+                sums[k] = sums.get(k, 0.0) + v.detach().double() * len(idx)
+        row = {"epoch": epoch, **{k: float(v) / n for k, v in sums.items()}}
         if row["total"] < best * (1 - 1e-4):
             best, best_epoch = row["total"], epoch
-        elif epoch - best_epoch >= tcfg.patience:
+        over_budget = tcfg.time_budget_min > 0 and time.time() - t0 >= 60 * tcfg.time_budget_min
+        stopped = ("max_epochs" if epoch == tcfg.epochs else "time_budget" if over_budget else
+                   "patience" if epoch - best_epoch >= tcfg.patience else None)
+        # restart dead codes only when another epoch follows, so that every code in the final
+        # codebooks has had at least one epoch of EMA updates from the items it holds
+        restart = qcfg.restart_dead and stopped is None
+        if restart or soft_hsa:
+            res_all = all_residuals()
+            if restart:
+                row["restarted"] = model.rq.restart_dead(res_all, gen)
+            if soft_hsa:
+                model.refit_anchors(tag_embs, full["tags"], res_all)
+        history.append(row)
+        bar.set_postfix(loss=f"{row['total']:.4f}")
+        if stopped:
             break
     wall = time.time() - t0
     enc = encode_all(model, data, device)
     metrics = sid_metrics(enc["codes"], qcfg.codebook_size)
+    metrics.update(tag_nmi(enc["codes"], data["tags"].numpy()))
     # reconstruction errors per head on all items (eval mode), in standardized units
     with torch.no_grad():
         out = model({k: v for k, v in full.items()})
-        _, parts = model.loss(full, out, anchors)
+        _, parts = model.loss(full, out, tag_embs)
     metrics.update({f"recon_{k[4:]}": float(v) for k, v in parts.items() if k.startswith("rec_")})
-    metrics.update({"final_loss": float(parts["total"]), "epochs_run": len(history), "train_wall_s": round(wall, 1)})
+    metrics.update({"final_loss": float(parts["total"]), "epochs_run": len(history), "stopped": stopped,
+                    "train_wall_s": round(wall, 1)})
     if out["g"] is not None:
-        metrics["gate_mean"] = float(out["g"].mean())
-        metrics["gate_pop_corr"] = float(np.corrcoef(out["g"].mean(1).cpu().numpy(), full["popularity"].cpu().numpy())[0, 1])
+        metrics.update(gate_stats(out["g"].cpu().numpy(), full["popularity"].cpu().numpy()))
     return TokenizerOutput(enc["codes"], enc["z"], enc["q"], model.rq.codebooks.detach().cpu().numpy(),
                            metrics, history, model)
 
 
-def rq_kmeans(x: np.ndarray, levels: int, size: int, d_cb: int, seed: int) -> TokenizerOutput:
+def rq_kmeans(x: np.ndarray, levels: int, size: int, d_cb: int, seed: int, tags: np.ndarray | None = None) -> TokenizerOutput:
     """RQ-KMeans: PCA of the (standardized) input to d_cb dims, then k-means level by level on the residual."""
     from scipy.cluster.vq import kmeans2
 
@@ -160,6 +180,8 @@ def rq_kmeans(x: np.ndarray, levels: int, size: int, d_cb: int, seed: int) -> To
         r = r - cent[lab]
     codes = np.stack(codes, 1).astype(np.int64)
     metrics = sid_metrics(codes, size)
+    if tags is not None:
+        metrics.update(tag_nmi(codes, tags))
     metrics.update({"recon_latent": float((r ** 2).mean()), "epochs_run": 0, "train_wall_s": round(time.time() - t0, 1)})
     return TokenizerOutput(codes, z.astype(np.float32), np.stack(qs, 1).astype(np.float32),
                            np.stack(books).astype(np.float32), metrics, [])
