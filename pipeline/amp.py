@@ -1,30 +1,40 @@
-"""Mixed precision that never loses to fp32: `amp: auto` picks bf16 only where it is faster.
+"""Mixed precision that never loses to fp32: `amp: auto` picks bf16 only where it is native.
 
-CPUs differ: with native bf16 (AMX, AVX512-BF16) bf16 autocast runs matmuls ~1.7x faster than fp32;
-on an AVX2-only CPU torch emulates bf16 and the same autocast is ~6-12x *slower*. So `auto` decides
-per machine and per process:
-- CUDA: bf16 when the GPU supports it (`torch.cuda.is_bf16_supported()`), else fp32;
-- CPU: fp32 unless torch reports an AVX512-class (or newer) kernel set *and* a one-off probe
-  (a recommender-sized matmul, ~0.1 s) runs at least `SPEEDUP` times faster under bf16 autocast.
-The decision and its reason are logged and recorded in the stage metrics (`amp`, `amp_reason`).
-`bf16` forces bf16, `off` forces fp32. Ranking always computes the output head in fp32
-(`PrismRecommender.logits`), whatever the autocast.
+CPUs differ: with native bf16 (AMX, AVX512-BF16) bf16 autocast runs matmuls ~1.7-4x faster than fp32;
+on a CPU without it torch emulates bf16 and the same autocast is ~6-12x *slower*. `auto` decides from
+the hardware's features, deterministically (the same answer on every run, rank and resume of a
+machine; no timing probe that load could flip):
+- CUDA: bf16 where the GPU has it natively (`torch.cuda.is_bf16_supported(including_emulation=False)`:
+  compute capability 8.0 and newer), else fp32;
+- CPU: bf16 when the CPU flags (/proc/cpuinfo) include `amx_bf16` or `avx512_bf16` and torch's kernel
+  set is AVX512-class or newer; else fp32.
+The environment variable PRISM_FORCE_FP32=1 makes `auto` choose fp32 (to emulate a CPU without bf16
+on one that has it). The decision and its reason are logged and recorded in the stage metrics
+(`amp`, `amp_reason`). `bf16` forces bf16, `off` forces fp32. That is the *training* precision (`recommender.amp`).
+
+Ranking (beam search) has its own setting, `evaluate.amp` (`resolve_decode_amp`), read by every path
+that ranks: per-epoch validation, `prism evaluate`, `prism recommend` and the Python API. Its default
+`off` decodes in fp32, where a user's top-k list and scores do not depend on the batch the user is
+decoded in (batch size, padded length, neighbours). `bf16` is an explicit opt-in: faster where bf16
+is native, but the matmul kernels round differently for different batch shapes, so a user's list can
+change with the batch (measured: 12 of 64 users' top-20 lists between batch 64 and batch 1).
+There is no `auto` for ranking. The output head is always fp32 (`PrismRecommender.logits`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import time
+import os
 from dataclasses import dataclass
 
 import torch
 
 from pipeline.utils import ParamError
 
-SPEEDUP = 1.15  # bf16 must beat fp32 by this factor on the probe to be chosen
 # kernel sets on which bf16 may be native; AVX2/DEFAULT never have it
 _BF16_CAPABLE = ("AVX512", "AMX", "SVE", "ZVECTOR")
+_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # CPU flags of native bf16 arithmetic (x86; aarch64: bf16)
 
 
 @dataclass(frozen=True)
@@ -53,43 +63,34 @@ def cpu_capability() -> str:
         return "unknown"
 
 
-def _probe_cpu(rows: int = 1024, dim: int = 512, reps: int = 6) -> tuple[float, float]:
-    """Seconds per matmul (rows x dim @ dim x 2dim) in fp32 and under bf16 autocast."""
-    x = torch.randn(rows, dim)
-    lin = torch.nn.Linear(dim, 2 * dim)
-
-    def timed(ctx) -> float:
-        with torch.no_grad(), ctx():
-            lin(x)  # warm-up (bf16 weight cast, kernel selection)
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                lin(x)
-            return (time.perf_counter() - t0) / reps
-
-    fp32 = timed(contextlib.nullcontext)
-    bf16 = timed(lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-    return fp32, bf16
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 @functools.lru_cache(maxsize=None)
-def _auto(device_type: str) -> AmpChoice:
+def _auto(device_type: str, force_fp32: bool) -> AmpChoice:
+    if force_fp32:
+        return AmpChoice("off", "PRISM_FORCE_FP32=1: auto resolves to fp32")
     if device_type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return AmpChoice("bf16", "CUDA device supports bf16")
-        return AmpChoice("off", "CUDA device without bf16 support")
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return AmpChoice("bf16", "CUDA device with native bf16")
+        return AmpChoice("off", "CUDA device without native bf16")
     cap = cpu_capability()
+    native = sorted(set(_BF16_FLAGS) & cpu_flags())
+    if not native:
+        return AmpChoice("off", f"CPU without native bf16 (no {'/'.join(_BF16_FLAGS)} flag; kernel set {cap}): "
+                                "bf16 autocast would be emulated, slower")
     if not any(cap.upper().startswith(c) for c in _BF16_CAPABLE):
-        return AmpChoice("off", f"CPU kernel set {cap}: no native bf16 (bf16 autocast would be emulated, slower)")
-    fp32, bf16 = probe_cpu()
-    speed = fp32 / max(bf16, 1e-12)
-    if speed >= SPEEDUP:
-        return AmpChoice("bf16", f"CPU kernel set {cap}: bf16 probe {speed:.2f}x faster than fp32")
-    return AmpChoice("off", f"CPU kernel set {cap}: bf16 probe only {speed:.2f}x fp32 (needs {SPEEDUP}x)")
-
-
-def probe_cpu() -> tuple[float, float]:
-    """The CPU probe (separate so that tests can simulate its answer)."""
-    return _probe_cpu()
+        return AmpChoice("off", f"CPU flags {' '.join(native)} but torch's kernel set is {cap}: fp32")
+    return AmpChoice("bf16", f"CPU with native bf16 (flags {' '.join(native)}, kernel set {cap})")
 
 
 def resolve_amp(amp, device: str) -> AmpChoice:
@@ -99,7 +100,25 @@ def resolve_amp(amp, device: str) -> AmpChoice:
         return AmpChoice("off", "amp: off (fp32)")
     if amp == "bf16":
         return AmpChoice("bf16", "amp: bf16 (forced)")
-    return _auto("cuda" if str(device).startswith("cuda") else "cpu")
+    return _auto("cuda" if str(device).startswith("cuda") else "cpu", os.environ.get("PRISM_FORCE_FP32") == "1")
+
+
+DECODE_AMP = ("off", "bf16")
+
+
+def resolve_decode_amp(amp, device: str) -> AmpChoice:
+    """The ranking precision `evaluate.amp`: `off` (fp32, batch-invariant rankings) | `bf16` (opt-in,
+    batch-dependent rankings). See the module docstring."""
+    if amp is False:
+        amp = "off"
+    amp = str(amp).lower()
+    if amp not in DECODE_AMP:
+        raise ParamError(f"evaluate.amp (the ranking precision) must be 'off' (fp32: a user's ranking does not "
+                         f"depend on its batch) or 'bf16' (faster where bf16 is native, rankings depend on the "
+                         f"batch), got '{amp}'")
+    if amp == "off":
+        return AmpChoice("off", "evaluate.amp: off (fp32 ranking, batch-invariant)")
+    return AmpChoice("bf16", "evaluate.amp: bf16 (opt-in; rankings may depend on the batch)")
 
 
 def autocast(device: str, choice: AmpChoice | str):

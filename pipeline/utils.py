@@ -81,6 +81,26 @@ def write_torch(path: str | Path, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
+def load_torch(path: str | Path, device: str = "cpu") -> Any:
+    """Load a `.pt` artifact the safe way: `weights_only=True` (tensors, dicts, lists, numbers and
+    strings only: a pickle from elsewhere cannot run code here) onto `device`. Every `.pt` the project
+    writes holds only those. A file that is not such an artifact is a one-line DataError."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found.")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a prism artifact that loads safely (torch.load weights_only=True refused "
+                        f"it: {first[:200]}). Re-create it with the prism stage that writes it; never load "
+                        "model files of unknown origin.") from None
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     import torch
 

@@ -6,17 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import typer
 
-from pipeline.amp import resolve_amp
+from pipeline.amp import resolve_decode_amp
 from pipeline.metrics import group_metrics, popularity_groups, popularity_topk, recall_ndcg, target_ranks
 from pipeline.recommender.assets import build_model, load_assets
 from pipeline.recommender.beam import TrieIndex
-from pipeline.recommender.evaluate import batch1_latency_ms, rank
+from pipeline.recommender.evaluate import batch1_latency_ms, decode_batch, rank
 from pipeline.recommender.model import RecConfig
 from pipeline.recommender.seqdata import SeqData
-from pipeline.utils import ParamError, atomic_path, resolve_device, seed_everything, write_json, write_parquet
+from pipeline.utils import ParamError, atomic_path, load_torch, resolve_device, seed_everything, write_json, write_parquet
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
 
@@ -40,12 +39,13 @@ def evaluate_cmd(
     p = params(params_file, set_)
     device = resolve_device(p["device"])
     seed_everything(p["seed"])
-    beam, batch, norm = p["evaluate.beam_size"], p["evaluate.batch_size"], p["decode_norm"]
-    amp = resolve_amp(p["evaluate.amp"], device)
+    beam, norm = p["evaluate.beam_size"], p["decode_norm"]
+    batch = decode_batch(p["evaluate.batch_size"], device)
+    amp = resolve_decode_amp(p["evaluate.amp"], device)
     if beam < max(KS):
         raise ParamError(f"evaluate.beam_size ({beam}) must be >= the largest K ({max(KS)})")
     a = load_assets(data, features, collab, sid)
-    ck = torch.load(model_dir / "model.pt", map_location=device, weights_only=False)
+    ck = load_torch(model_dir / "model.pt", device)
     cfg = RecConfig.from_dict(ck["config"])
     model = build_model(cfg, a).to(device)
     model.load_state_dict(ck["state_dict"])

@@ -11,7 +11,7 @@ import typer
 
 from pipeline.recommender.recommend import Query, QueryError, Recommender
 
-from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, SID_OPT, stage
+from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage
 
 
 def split_list(s: str) -> list[str]:
@@ -85,8 +85,8 @@ def recommend_cmd(
     times: str = typer.Option(None, "--times", help="unix seconds per --history asin (default: same day)"),
     input_file: Path = typer.Option(None, "--input", help="queries: JSON lines or CSV (see --help of the docs)"),
     k: int = typer.Option(10, "--k", help="items per query"),
-    beam: int = typer.Option(30, "--beam", help="beam width (>= k)"),
-    batch: int = typer.Option(256, "--batch", help="queries per batch"),
+    beam: int = typer.Option(None, "--beam", help="beam width (>= k; default: evaluate.beam_size, 30)"),
+    batch: str = typer.Option("auto", "--batch", help="queries per batch: a count, or auto (48 on CPU, 1024 on CUDA)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     on_error: str = typer.Option("error", "--on-error", help="error: stop at the first bad query | skip: count it"),
     truncate: bool = typer.Option(False, "--truncate", help="keep the most recent items of too long histories"),
@@ -97,6 +97,8 @@ def recommend_cmd(
     features: Path = FEATURES_OPT,
     collab: Path = COLLAB_OPT,
     sid: Path = SID_OPT,
+    params_file: Path = PARAMS_OPT,
+    set_: list[str] = SET_OPT,
 ):
     """Top-K items for dataset users or for histories of asins, from the trained pipeline (JSON lines)."""
     if on_error not in ("error", "skip"):
@@ -113,7 +115,11 @@ def recommend_cmd(
     bad = [q for q in queries if isinstance(q, QueryError)]
     if bad and on_error == "error":
         raise bad[0]
-    rec = Recommender.load(model_dir, data, features, collab, sid, device)
+    # rank as `prism evaluate` does: its beam, ranking precision and normalisation (params.yaml when present)
+    p = params(params_file, set_) if params_file.is_file() or set_ else None
+    beam = beam if beam is not None else (p["evaluate.beam_size"] if p else 30)
+    rec = Recommender.load(model_dir, data, features, collab, sid, device, amp=p["evaluate.amp"] if p else "off",
+                           norm=p["decode_norm"] if p else "renorm", params=None)
     rec.skipped += [str(b) for b in bad]
     t0 = time.time()
     results = rec.recommend_queries([q for q in queries if isinstance(q, Query)], k, beam, batch, on_error,

@@ -47,12 +47,19 @@ def _train(p, device, data, features, collab, sid, out, ckpt, metrics, curve):
     seed_everything(seed)
     a = load_assets(data, features, collab, sid)
     cfg = model_config(p, a)
-    fcfg = FitConfig(**{k: p[f"recommender.{k}"] for k in FitConfig.__dataclass_fields__ if k != "decode_norm"},
-                     decode_norm=p["decode_norm"])
+    fcfg = FitConfig(**{k: p[f"recommender.{k}"] for k in FitConfig.__dataclass_fields__
+                        if k not in ("decode_norm", "decode_amp")},
+                     decode_norm=p["decode_norm"], decode_amp=p["evaluate.amp"])  # validation ranks as `evaluate`
     if p["dataset"] == "synthetic" and p["synthetic.max_epochs"] < fcfg.max_epochs:
         # the embedded default must run in minutes on a CPU; real datasets get the paper's epochs
         log.info("train: synthetic data: max_epochs capped at synthetic.max_epochs = %d", p["synthetic.max_epochs"])
         fcfg.max_epochs = p["synthetic.max_epochs"]
+    rule = p["recommender.lr_scaling"]
+    lr, warmup = scale_for_batch(fcfg.lr, fcfg.warmup_steps, fcfg.batch_size * dd.world(), rule)
+    if rule != "none":
+        log.info("train: lr_scaling %s for a global batch of %d (paper: %d): lr %g -> %g, warmup %d -> %d steps",
+                 rule, fcfg.batch_size * dd.world(), PAPER_BATCH, fcfg.lr, lr, fcfg.warmup_steps, warmup)
+    fcfg.lr, fcfg.warmup_steps = lr, warmup
     model = build_model(cfg, a).to(device)
     stride = p["recommender.causal_stride"]
     if cfg.causal:  # prefix-parallel: one pass per window trains all its prefixes (docs/design.md)

@@ -47,8 +47,11 @@ def test_torchrun_two_cpu_ranks_train_and_resume(smoke_inputs, tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     info = json.loads((tmp_path / "train.json").read_text())
     assert info["world_size"] == 2 and info["stopped"] == "time_budget" and info["epochs_complete"] == 0
+    # issue 19: under a budget each rank used to take its learning rate from its own clock, so the
+    # replicas' weights drifted apart; now one clock (the ranks' max) rules the rate and the cut
+    assert info["replicas_equal"] is True
     assert r.stdout.count("train: ") == 1  # one summary line: rank 0's
-    ck = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)
+    ck = torch.load(tmp_path / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
     assert len(ck["rank_rng"]) == 2 and not torch.equal(ck["rank_rng"][0][0], ck["rank_rng"][1][0])
     assert 0 < ck["state"]["partial"]["steps"] < info["steps_per_epoch"]
     # ... and a second call without a budget resumes it: finishes epoch 1, then trains epoch 2

@@ -16,8 +16,10 @@ def test_bare_off_and_exponents_survive_dvcs_writer(tmp_path):
     path = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", path)
     text = path.read_text()
-    text = text.replace("  amp: auto               # auto (bf16", "  amp: off                # auto (bf16", 1)
-    text = text.replace("  amp: auto               # auto | bf16 | off", '  amp: "off"              # auto | bf16 | off', 1)
+    old = ("  amp: auto               # training precision", "  amp: off                # ranking precision")
+    assert all(o in text for o in old)
+    text = text.replace(old[0], "  amp: off                # training precision", 1)  # bare off
+    text = text.replace(old[1], '  amp: "off"              # ranking precision', 1)  # quoted off
     path.write_text(text)
     p = load_params(path)
     assert p["recommender.amp"] == "off" and p["evaluate.amp"] == "off"

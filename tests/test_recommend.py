@@ -68,6 +68,62 @@ def test_python_api_matches_evaluate_for_dataset_users(trained):
         assert s == sorted(s, reverse=True) and all(x <= 0 for x in s) and all("title" in x for x in row)
 
 
+def test_rankings_do_not_depend_on_the_batch(trained):
+    """Issue 19: a user's top-k list and its scores (1e-5) are the same decoded alone, in a batch of 7 or
+    of 256, whichever path ranks (the `rank` of validation/evaluate, the Python API), whatever the
+    training precision was (`amp: auto` trains in bf16 on a CPU with native bf16)."""
+    import numpy as np
+
+    from pipeline.recommender.evaluate import rank
+    from pipeline.recommender.seqdata import SeqData
+
+    rec = _load(trained)
+    assert rec.amp.mode == "off"  # params.yaml's evaluate.amp: the ranking precision defaults to fp32
+    test = SeqData.from_heldout(pd.read_parquet(trained["inp"] / "processed" / "test.parquet"), rec.max_len)
+    idx = np.arange(min(len(test), 300))
+    want, want_s = rank(rec.model, test, idx, rec.trie, 30, 20, 256, "cpu", rec.amp, with_scores=True)
+    for b in (1, 7, 48):
+        sub = idx[:60] if b == 1 else idx  # alone: 60 users are enough (one beam search each)
+        got, got_s = rank(rec.model, test, sub, rec.trie, 30, 20, b, "cpu", rec.amp, with_scores=True)
+        assert (got == want[: len(sub)]).all(), f"batch {b}: {(got != want[: len(sub)]).any(1).sum()} users differ"
+        np.testing.assert_allclose(got_s, want_s[: len(sub)], atol=1e-5, rtol=0)
+    # a user's list does not depend on its neighbours either: every 3rd user, reversed
+    sub = idx[::-3]
+    got = rank(rec.model, test, sub, rec.trie, 30, 20, 7, "cpu", rec.amp)
+    assert (got == want[sub]).all()
+    # the Python API alone and at batch 256 gives `prism evaluate`'s lists (its test queries, as asins)
+    pred = pd.read_parquet(trained["out"] / "pred.parquet").query("split == 'test'").head(30)
+    t = pd.read_parquet(trained["inp"] / "processed" / "test.parquet").set_index("user_id").loc[pred["user_id"]]
+    asins = rec.items["asin"].to_numpy()
+    hists = [list(asins[h][-rec.max_len:]) for h in t["history"]]
+    times = [list(map(int, ht[-rec.max_len:])) for ht in t["history_times"]]
+    for b in (1, 256):
+        got = rec.recommend(hists, k=20, times=times, batch=b)
+        assert [[x["asin"] for x in row] for row in got] == pred["topk"].map(list).tolist(), f"API batch {b}"
+
+
+def test_evaluate_metrics_and_validation_do_not_depend_on_the_batch(trained, tmp_path):
+    """`metrics/eval.json` and the predictions are the same for any `evaluate.batch_size`, and the
+    per-epoch validation of `train` (same model, all valid users on the tiny set) gave the same NDCG@20."""
+    out = trained["out"]
+    common = ["--params", str(ROOT / "params.yaml"), "-S", "dataset=synthetic", "-S", "synthetic.size=tiny",
+              "-S", "device=cpu", "-S", "evaluate.latency_users=1"]
+    r = _prism("evaluate", *common, "-S", "evaluate.batch_size=5", *trained["io"], "--predictions",
+               str(tmp_path / "pred.parquet"), "--metrics", str(tmp_path / "eval.json"), "--groups-plot",
+               str(tmp_path / "groups.csv"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (json.loads(p.read_text()) for p in (out / "eval.json", tmp_path / "eval.json"))
+    assert a["decode_batch"] != b["decode_batch"]
+    for key in ("valid", "test", "test_groups", "valid_popularity_baseline", "test_popularity_baseline", "amp"):
+        assert a[key] == b[key], key
+    pa, pb = pd.read_parquet(out / "pred.parquet"), pd.read_parquet(tmp_path / "pred.parquet")
+    assert pa["topk"].map(list).tolist() == pb["topk"].map(list).tolist()
+    train = json.loads((out / "train.json").read_text())
+    assert train["valid_users_per_epoch"] == len(pa.query("split == 'valid'"))
+    assert train["best_epoch"] == train["epochs"]  # one epoch: the saved model is the validated one
+    assert abs(train["best_valid_ndcg@20"] - a["valid"]["ndcg@20"]) < 1e-9
+
+
 def test_recommend_users_uses_the_whole_sequence(trained):
     rec = _load(trained)
     uid = next(iter(rec.users))
@@ -125,3 +181,46 @@ def test_cli_outputs_json_lines_and_counts_skips(trained, tmp_path):
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 1
     r = _prism("recommend", *trained["io"])
     assert r.returncode == 1 and "give --users, --history or --input" in r.stderr
+
+
+class _Evil:
+    """A pickle that runs code when loaded unsafely: it would create the file `path`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_every_artifact_loads_with_weights_only_and_a_foreign_pickle_never_runs(trained, tmp_path):
+    """Issue 19: every torch.load passes map_location and weights_only=True (pipeline/utils.load_torch), every
+    .pt the stages write loads that way, and a pickle from elsewhere is refused (one line, no code run)."""
+    import re
+
+    import torch
+
+    calls = []
+    for f in [*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "stages").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]:
+        for m in re.finditer(r"torch\.load\(([^)]*)\)", f.read_text()):
+            calls.append((f.name, m.group(1)))
+    assert calls, "load_torch's own call should be found"
+    for name, args in calls:
+        assert "weights_only=True" in args and "map_location" in args, (name, args)
+    written = [*trained["out"].rglob("*.pt"), *trained["inp"].rglob("*.pt")]
+    assert {p.name for p in written} >= {"model.pt", "last.pt", "best.pt", "trie.pt"}, written
+    for p in written:
+        torch.load(p, map_location="cpu", weights_only=True)
+    # a foreign pickle as a model file: refused with a one-line error, its code never runs
+    bad_model = tmp_path / "model"
+    bad_model.mkdir()
+    ran = tmp_path / "pwned"
+    torch.save({"config": _Evil(ran), "state_dict": {}}, bad_model / "model.pt")
+    io = [*trained["io"][:-1], str(bad_model)]  # the fixture's inputs, this model folder
+    r = _prism("recommend", *io, "--users", "U1")
+    assert r.returncode == 1 and "not a prism artifact that loads safely" in r.stderr
+    assert "Traceback" not in r.stderr and not ran.exists()
+    r = _prism("evaluate", "--params", str(ROOT / "params.yaml"), "-S", "device=cpu", *io,
+               "--predictions", str(tmp_path / "p.parquet"), "--metrics", str(tmp_path / "e.json"),
+               "--groups-plot", str(tmp_path / "g.csv"))
+    assert r.returncode == 1 and "not a prism artifact" in r.stderr and not ran.exists()

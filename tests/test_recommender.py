@@ -332,26 +332,44 @@ def test_budget_run_trains_at_the_floor_at_its_end(world, monkeypatch):
 # ------------------------------------------------------------------------------- amp
 
 
-def test_amp_auto_picks_fp32_where_bf16_is_slower(monkeypatch):
+def test_amp_auto_decides_from_the_cpu_features_deterministically(monkeypatch):
+    """Issue 19: `auto` rests on the CPU's features (no timing probe that load could flip), the same
+    answer every call; PRISM_FORCE_FP32=1 emulates a CPU without bf16."""
     from pipeline import amp as A
 
+    monkeypatch.delenv("PRISM_FORCE_FP32", raising=False)
+    cases = [("AVX2", {"avx2"}, "off"), ("AVX2", {"avx2", "avx512_bf16"}, "off"),  # torch cannot use it
+             ("AVX512", {"avx512f"}, "off"), ("AVX512", {"avx512f", "avx512_bf16"}, "bf16"),
+             ("AVX512", {"avx512f", "amx_bf16", "amx_tile"}, "bf16")]
+    for cap, flags, want in cases:
+        A._auto.cache_clear()
+        monkeypatch.setattr(A, "cpu_capability", lambda c=cap: c)
+        monkeypatch.setattr(A, "cpu_flags", lambda f=flags: set(f))
+        got = {A.resolve_amp("auto", "cpu") for _ in range(3)}
+        assert len(got) == 1 and got.pop().mode == want, (cap, flags)
     A._auto.cache_clear()
-    monkeypatch.setattr(A, "cpu_capability", lambda: "AVX2")
+    monkeypatch.setenv("PRISM_FORCE_FP32", "1")
     c = A.resolve_amp("auto", "cpu")
-    assert c.mode == "off" and "AVX2" in c.reason  # no probe needed: emulated bf16
-    A._auto.cache_clear()
-    monkeypatch.setattr(A, "cpu_capability", lambda: "AVX512")
-    monkeypatch.setattr(A, "probe_cpu", lambda: (1.0, 8.0))  # bf16 8x slower (an emulating CPU)
-    assert A.resolve_amp("auto", "cpu").mode == "off"
-    A._auto.cache_clear()
-    monkeypatch.setattr(A, "probe_cpu", lambda: (1.0, 0.6))  # native bf16, 1.7x faster
-    c = A.resolve_amp("auto", "cpu")
-    assert c.mode == "bf16" and "1.67x" in c.reason
+    assert c.mode == "off" and "PRISM_FORCE_FP32" in c.reason
+    assert A.resolve_amp("bf16", "cpu").mode == "bf16"  # an explicit value is not overridden
+    monkeypatch.delenv("PRISM_FORCE_FP32")
     A._auto.cache_clear()
     assert A.resolve_amp("off", "cpu").mode == "off" and A.resolve_amp(False, "cpu").mode == "off"
-    assert A.resolve_amp("bf16", "cpu").mode == "bf16"
     with pytest.raises(ValueError, match="'auto', 'bf16' or 'off'"):
         A.resolve_amp("fp8", "cpu")
+    # this machine: the decision matches its flags
+    A._auto.cache_clear()
+    native = bool({"amx_bf16", "avx512_bf16"} & A.cpu_flags()) and A.cpu_capability().startswith(("AVX512", "AMX"))
+    assert (A.resolve_amp("auto", "cpu").mode == "bf16") == native
+
+
+def test_ranking_precision_has_no_auto():
+    from pipeline.amp import resolve_decode_amp
+
+    assert resolve_decode_amp("off", "cpu").mode == "off" and resolve_decode_amp(False, "cpu").mode == "off"
+    assert resolve_decode_amp("bf16", "cpu").mode == "bf16"
+    with pytest.raises(ValueError, match="evaluate.amp .* 'off' .* 'bf16'"):
+        resolve_decode_amp("auto", "cpu")
 
 
 def test_ranking_head_is_fp32_under_bf16_autocast(world):

@@ -13,7 +13,7 @@ import torch
 
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.model import PrismRecommender, RecConfig
-from pipeline.utils import DataError
+from pipeline.utils import DataError, load_torch
 
 
 @dataclass
@@ -49,7 +49,7 @@ def load_assets(data: Path, features: Path, collab: Path, sid: Path) -> Assets:
     codes = table[ccols].to_numpy().astype(np.int64)
     L = codes.shape[1]
     tags_df = pd.read_parquet(data / "tags.parquet")
-    trie = torch.load(sid / "trie.pt", weights_only=False)
+    trie = load_torch(sid / "trie.pt")
     return Assets(
         items=items, train=pd.read_parquet(data / "train.parquet"), valid=pd.read_parquet(data / "valid.parquet"),
         test=pd.read_parquet(data / "test.parquet"), codes=codes, q=np.load(sid / "q.npy"),

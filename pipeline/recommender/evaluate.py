@@ -9,21 +9,42 @@ import time
 import numpy as np
 import torch
 
-from pipeline.amp import AmpChoice, autocast, resolve_amp
+from pipeline.amp import AmpChoice, autocast, resolve_decode_amp
 from pipeline.metrics import recall_ndcg, target_ranks
 from pipeline.progress import progress as progress_bar
 from pipeline.recommender.beam import TrieIndex, beam_search
 from pipeline.recommender.seqdata import SeqData
+from pipeline.utils import ParamError
+
+AUTO_BATCH = {"cpu": 48, "cuda": 1024}  # users per beam-search batch under `auto` (decode_batch)
+
+
+def decode_batch(setting: int | str, device: str) -> int:
+    """Users per beam-search batch (`evaluate.batch_size`, `recommender.eval_batch`, `prism recommend
+    --batch`): a count, or `auto`: 1,024 on CUDA, 48 on a CPU, where a batch's 48 x 30 beams keep
+    their 1,024-wide FFN states in cache (Beauty, beam 30, AMD EPYC AVX2, 2 threads: 203 users/s
+    at 48 against 153 at 256, docs/results.md). Results do not depend on it (users are independent)."""
+    if isinstance(setting, str) and setting.isdigit():
+        setting = int(setting)
+    if setting == "auto":
+        return AUTO_BATCH["cuda" if torch.device(device).type == "cuda" else "cpu"]
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ParamError(f"the decoding batch (evaluate.batch_size, recommender.eval_batch, --batch) must be a "
+                         f"positive count or 'auto', got {setting!r}")
+    return setting
 
 
 @torch.no_grad()
-def rank(model, data: SeqData, idx: np.ndarray, trie: TrieIndex, beam: int, topk: int, batch: int,
-         device: str, amp: AmpChoice | str = "auto", progress: str | None = None, norm: str = "renorm",
+def rank(model, data: SeqData, idx: np.ndarray, trie: TrieIndex, beam: int, topk: int, batch: int | str,
+         device: str, amp: AmpChoice | str = "off", progress: str | None = None, norm: str = "renorm",
          with_scores: bool = False):
     """Top-k item lists (n, topk) for the samples `idx`, by trie-constrained beam search (and their
-    log-probabilities (n, topk) with `with_scores`)."""
+    log-probabilities (n, topk) with `with_scores`); `batch` users at a time (`decode_batch`).
+    `amp` is the ranking precision (`evaluate.amp`, pipeline/amp.py): under `off` (fp32) a user's list
+    and scores do not depend on `batch` or on which users share its batch."""
     model.eval()
-    amp = amp if isinstance(amp, AmpChoice) else resolve_amp(amp, device)
+    batch = decode_batch(batch, device)
+    amp = amp if isinstance(amp, AmpChoice) else resolve_decode_amp(amp, device)
     out, sc = [], []
     perm = np.argsort(data.lengths[idx], kind="stable")  # similar lengths per batch
     order = idx[perm]
@@ -48,11 +69,11 @@ def rank(model, data: SeqData, idx: np.ndarray, trie: TrieIndex, beam: int, topk
 
 @torch.no_grad()
 def batch1_latency_ms(model, data: SeqData, trie: TrieIndex, beam: int, topk: int, n: int, device: str,
-                      amp: AmpChoice | str = "auto", warmup: int = 3, norm: str = "renorm") -> float:
+                      amp: AmpChoice | str = "off", warmup: int = 3, norm: str = "renorm") -> float:
     """Mean wall time of one user's beam search at batch size 1 (paper §4.7), after `warmup` runs."""
     idx = np.arange(min(n, len(data)))
     model.eval()
-    amp = amp if isinstance(amp, AmpChoice) else resolve_amp(amp, device)
+    amp = amp if isinstance(amp, AmpChoice) else resolve_decode_amp(amp, device)
     times = []
     for j, i in enumerate(np.concatenate([idx[:warmup], idx])):
         b = data.batch(np.array([i]), model.cfg.time_buckets, device, model.cfg.causal)

@@ -25,13 +25,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.amp import resolve_amp
+from pipeline.amp import resolve_decode_amp
+from pipeline.config import load_params
 from pipeline.recommender.assets import build_model, load_assets
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.evaluate import batch1_latency_ms, rank
 from pipeline.recommender.model import RecConfig
 from pipeline.recommender.seqdata import SeqData
-from pipeline.utils import DataError, resolve_device
+from pipeline.utils import DataError, load_torch, resolve_device
 
 
 class QueryError(DataError):
@@ -70,16 +71,23 @@ class Recommender:
     @classmethod
     def load(cls, model: str | Path = "models/recommender", data: str | Path = "data/processed",
              features: str | Path = "data/features", collab: str | Path = "models/collab",
-             sid: str | Path = "data/sid", device: str = "auto", amp: str = "auto",
-             norm: str = "renorm") -> "Recommender":
-        """Load a trained pipeline (defaults: the paths `dvc repro` writes)."""
+             sid: str | Path = "data/sid", device: str = "auto", amp: str | None = None,
+             norm: str | None = None, params: str | Path | None = "params.yaml") -> "Recommender":
+        """Load a trained pipeline (defaults: the paths `dvc repro` writes). The ranking settings `amp`
+        (`evaluate.amp`: off = fp32 | bf16) and `norm` (`decode_norm`) default to those of the params
+        file `params` when it exists (so that the API ranks exactly as `prism evaluate` did), else to
+        off / renorm."""
+        if amp is None or norm is None:
+            p = load_params(params) if params is not None and Path(params).is_file() else None
+            amp = amp if amp is not None else (p["evaluate.amp"] if p else "off")
+            norm = norm if norm is not None else (p["decode_norm"] if p else "renorm")
         device = resolve_device(device)
         path = Path(model) / "model.pt"
         if not path.is_file():
             raise DataError(f"{path}: no trained model. Run `dvc repro` (or `prism train`) first, or pass "
                             "the train output folder.")
         a = load_assets(Path(data), Path(features), Path(collab), Path(sid))
-        ck = torch.load(path, map_location=device, weights_only=False)
+        ck = load_torch(path, device)
         cfg = RecConfig.from_dict(ck["config"])
         net = build_model(cfg, a).to(device)
         net.load_state_dict(ck["state_dict"])
@@ -89,7 +97,7 @@ class Recommender:
                  for uid, h, ht, t, tt in zip(test["user_id"], test["history"], test["history_times"],
                                               test["target"], test["target_time"])}
         index = {asin: i for i, asin in enumerate(a.items["asin"].to_numpy())}
-        return cls(net, cfg, TrieIndex(a.trie, device), a.items, users, index, device, resolve_amp(amp, device), norm)
+        return cls(net, cfg, TrieIndex(a.trie, device), a.items, users, index, device, resolve_decode_amp(amp, device), norm)
 
     @property
     def max_len(self) -> int:

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 from pipeline import distributed as dd
-from pipeline.amp import AmpChoice, autocast, resolve_amp
+from pipeline.amp import AmpChoice, autocast, resolve_amp, resolve_decode_amp
 from pipeline.progress import progress as progress_bar
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.evaluate import evaluate_split
 from pipeline.recommender.seqdata import SeqData, Windows, epoch_batches, window_batches
-from pipeline.utils import ParamError, log, write_torch
+from pipeline.utils import ParamError, load_torch, log, write_torch
 
 
 def clock() -> float:
@@ -56,8 +56,27 @@ class FitConfig:
     bucket: bool = True
     amp: str = "auto"  # auto (bf16 only where faster, pipeline/amp.py) | bf16 | off
     beam_size: int = 30
-    eval_batch: int = 256
+    eval_batch: int | str = "auto"  # users per validation beam-search batch (evaluate.decode_batch)
     decode_norm: str = "renorm"  # validation beam search: renorm | full (pipeline/recommender/beam.py)
+    decode_amp: str = "off"  # validation ranking precision (`evaluate.amp`): off (fp32, batch-invariant) | bf16
+    compile: bool | str = "auto"  # torch.compile the loss (CUDA: CUDA graphs): auto | true | false; see resolve_compile
+    length_buckets: str | list = "auto"  # history lengths batches are padded to: auto | [] (longest) | [5, 10, 20]
+
+
+PAPER_BATCH = 128  # the paper's batch (§4.1), the reference of `recommender.lr_scaling`
+
+
+def scale_for_batch(lr: float, warmup_steps: int, global_batch: int, rule: str) -> tuple[float, int]:
+    """`recommender.lr_scaling` (a switch off the paper's recipe, docs/design.md "Large batches"): for a
+    global batch B other than the paper's 128, `sqrt` multiplies the learning rate by sqrt(B / 128) (the
+    usual rule for Adam), `linear` by B / 128; both shorten the warmup to the same number of *samples*
+    (warmup_steps * 128 / B). `none` (default) leaves both as given."""
+    if rule == "none":
+        return lr, warmup_steps
+    if rule not in ("sqrt", "linear"):
+        raise ParamError(f"recommender.lr_scaling must be 'none', 'sqrt' or 'linear', got {rule!r}")
+    ratio = global_batch / PAPER_BATCH
+    return lr * (ratio ** 0.5 if rule == "sqrt" else ratio), max(1, round(warmup_steps / ratio))
 
 
 @dataclass
@@ -204,7 +223,8 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
     if isinstance(train, Windows) != model.cfg.causal:
         raise ValueError("a causal encoder trains on Windows, a bidirectional one on SeqData")
     amp = resolve_amp(cfg.amp, device)
-    log.info("train: amp %s (%s)", amp.mode, amp.reason)
+    vamp = resolve_decode_amp(cfg.decode_amp, device)  # validation ranks as `prism evaluate` does
+    log.info("train: amp %s (%s); validation ranking %s", amp.mode, amp.reason, vamp.mode)
     rng = np.random.default_rng(seed)  # the epoch plan: the same on every rank
     torch.manual_seed(seed + dd.rank())  # dropout, routing noise: each rank its own
     net = dd.wrap(model, device)
@@ -213,18 +233,32 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
     n_valid = valid_users(cfg.valid_users, device)
     if n_valid and n_valid < len(valid):
         vidx = np.sort(vrng.choice(len(valid), n_valid, replace=False))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    steps_per_epoch = len(dd.shard(epoch_plan(train, cfg.batch_size, np.random.default_rng(0), cfg.bucket)))
-    total_steps = steps_per_epoch * cfg.max_epochs
+    # fused Adam on CUDA: one kernel for all parameters instead of a few per tensor (issue 9: the step
+    # is launch bound there); the same update rule, so checkpoints move between devices
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=torch.device(device).type == "cuda")
+    use_compile, compile_reason = resolve_compile(cfg.compile, device, model.cfg.causal)
+    if use_compile and net is not None:
+        use_compile, compile_reason = False, "not used under torchrun (DDP)"
+        (log.warning if cfg.compile is True else log.info)(
+            "train: recommender.compile is not used under torchrun (DDP); training uncompiled")
+    buckets = length_buckets(cfg, model.cfg.max_len, use_compile)
+    loss_fn = compiled_loss(model, device) if use_compile else None
+    if use_compile:
+        log.info("train: torch.compile on %s (%s), history lengths padded to %s", device, compile_reason,
+                 buckets or "the longest")
+    epoch_steps = steps_per_epoch(train, cfg)
+    total_steps = epoch_steps * cfg.max_epochs
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "history": [], "train_s": 0.0, "stopped": None,
              "partial": None}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     last = ckpt_dir / "last.pt" if ckpt_dir else None
     if last is not None and last.is_file():
-        ck = torch.load(last, map_location=device, weights_only=False)
+        ck = load_torch(last, device)
         if ck.get("fingerprint") == fingerprint:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
+            for group in opt.param_groups:  # a checkpoint from another device carries its own `fused` flag
+                group["fused"] = torch.device(device).type == "cuda"
             rng.bit_generator.state = ck["numpy_rng"]
             ranks = ck.get("rank_rng") or [(ck["torch_rng"], ck.get("cuda_rng"))]
             trng, crng = ranks[dd.rank()] if len(ranks) == dd.world() else ranks[0]
@@ -232,7 +266,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
             if crng is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all([t.cpu() for t in crng])
             state = ck["state"]
-            best_state = torch.load(ckpt_dir / "best.pt", map_location=device, weights_only=False)
+            best_state = load_torch(ckpt_dir / "best.pt", device)
             log.info("train: resumed from %s after epoch %d%s (best valid NDCG@20 %.4f at epoch %d)",
                      last, state["epoch"],
                      f" and {state['partial']['steps']} steps of epoch {state['epoch'] + 1}" if state["partial"] else "",
