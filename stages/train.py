@@ -10,13 +10,29 @@ from pathlib import Path
 import typer
 
 from pipeline import distributed as dd
+from pipeline.config import Params
 from pipeline.recommender.assets import build_model, load_assets, model_config
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.seqdata import SeqData, Windows
-from pipeline.recommender.train import FitConfig, fit
+from pipeline.recommender.train import PAPER_BATCH, FitConfig, fit, n_samples, scale_for_batch, steps_per_epoch
 from pipeline.utils import atomic_path, log, resolve_device, seed_everything, write_json, write_torch
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
+
+
+# params `train` reads that may differ between a run and its resume (a checkpoint made under other
+# values is resumed): the stopping rules, speed switches with the same math, the device (checkpoints
+# move between devices) and the validation decoding batch (rankings do not depend on it)
+RESUME_SAFE = frozenset({"recommender.time_budget_min", "recommender.patience", "recommender.compile",
+                         "recommender.length_buckets", "recommender.eval_batch", "device"})
+
+
+def resume_fingerprint(p: Params, derived: list) -> str:
+    """The checkpoint fingerprint: the values of every param read so far (`p.accessed`) except
+    RESUME_SAFE, and `derived` (model config, scaled lr, ranks, data). A checkpoint resumes only when
+    it matches, so a param that changes training can never resume (or ship) the old model."""
+    read = {k: p[k] for k in sorted(p.accessed - RESUME_SAFE)}
+    return hashlib.md5(json.dumps([read, derived], sort_keys=True, default=str).encode()).hexdigest()
 
 
 @stage
@@ -67,20 +83,28 @@ def _train(p, device, data, features, collab, sid, out, ckpt, metrics, curve):
     else:
         train = SeqData.from_train(a.train, cfg.max_len)
     valid = SeqData.from_heldout(a.valid, cfg.max_len)
-    # what must match for a checkpoint to be resumed (the budget and patience may change)
-    resumable = {k: v for k, v in asdict(fcfg).items() if k not in ("time_budget_min", "patience")}
-    if dd.world() > 1:  # another number of ranks is another epoch plan
-        resumable["world_size"] = dd.world()
-    fingerprint = hashlib.md5(json.dumps([cfg.to_dict(), resumable, seed, a.fingerprint()], sort_keys=True)
-                              .encode()).hexdigest()
+    if p["dataset"] == "synthetic":
+        # the paper's 1,000 warmup steps are about one Beauty epoch; on the synthetic set they would
+        # outlast the whole capped run (the rate would never decay): warm up for synthetic.warmup_epochs
+        warm = max(1, round(p["synthetic.warmup_epochs"] * steps_per_epoch(train, fcfg)))
+        if warm < fcfg.warmup_steps:
+            log.info("train: synthetic data: warmup %d steps (synthetic.warmup_epochs = %s)", warm,
+                     p["synthetic.warmup_epochs"])
+            fcfg.warmup_steps = warm
+    # what must match for a checkpoint to be resumed: every param read so far except RESUME_SAFE, the
+    # settings derived from them, the number of ranks (another epoch plan) and the data
+    resumable = {k: v for k, v in asdict(fcfg).items() if f"recommender.{k}" not in RESUME_SAFE}
+    fingerprint = resume_fingerprint(p, [cfg.to_dict(), resumable, dd.world(), a.fingerprint()])
     t0 = time.time()
     res = fit(model, train, valid, TrieIndex(a.trie, device), fcfg, device, seed, ckpt, fingerprint)
     if not dd.is_main():
         return
     write_torch(out / "model.pt", {"config": cfg.to_dict(), "state_dict": res.best_state})
-    n_train = train.n_samples if cfg.causal else len(train)
+    n_train = n_samples(train)
     info = {**res.info, "params": model.n_params(), "train_samples": n_train, "device": device,
             "wall_s": round(time.time() - t0, 1)}
+    if rule != "none":  # the learning rate and warmup actually used
+        info.update(lr=fcfg.lr, warmup_steps=fcfg.warmup_steps)
     if res.history:
         info["last_samples_per_s"] = res.history[-1]["samples_per_s"]
     write_json(metrics, info)

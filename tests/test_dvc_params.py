@@ -156,3 +156,46 @@ def test_dvc_yaml_is_valid_for_dvc():
     assert res.returncode == 0, res.stdout + res.stderr
     for name in STAGES:
         assert name in res.stdout
+
+
+def _other(v):
+    """A different value of the same kind (for the fingerprint test)."""
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, (int, float)):
+        return v + 1
+    if isinstance(v, list):
+        return [*v, 1]
+    return f"{v}x"
+
+
+def test_every_param_train_reads_enters_the_resume_fingerprint_or_is_listed_resume_safe(pipeline_run):
+    """Issue 19: `recommender.causal_stride` was read but not fingerprinted, so changing it resumed (or
+    shipped) the old model. Now every param `train` reads enters the fingerprint unless it is on the
+    explicit RESUME_SAFE list."""
+    import copy
+
+    from pipeline.config import Params
+    from stages.train import RESUME_SAFE, resume_fingerprint
+
+    _, captured, _ = pipeline_run
+    p = captured["train"]
+    read = set(p.accessed)
+    assert "recommender.causal_stride" in read and "recommender.causal_stride" not in RESUME_SAFE
+    assert RESUME_SAFE <= read, RESUME_SAFE - read  # the list names params train really reads
+    base = resume_fingerprint(p, ["derived"])
+
+    def with_value(key, value) -> Params:
+        data = copy.deepcopy(p.to_dict())
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+        q = Params(data)
+        q.accessed = set(read)
+        return q
+
+    for key in sorted(read):
+        changed = resume_fingerprint(with_value(key, _other(p[key])), ["derived"]) != base
+        assert changed == (key not in RESUME_SAFE), key
