@@ -57,13 +57,22 @@ def shard(batches: list, r: int | None = None, n: int | None = None) -> list:
     return batches[: len(batches) - len(batches) % n][r::n]
 
 
-def any_rank(flag: bool, device: str) -> bool:
-    """True on every rank when `flag` is true on any (e.g. the time budget is spent)."""
+def max_over_ranks(x: float, device: str) -> float:
+    """The largest `x` of all ranks, on every rank (e.g. the training clock: one value for all)."""
     if world() == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return float(t.item())
+
+
+def replicas_equal(model: torch.nn.Module) -> bool:
+    """Whether every rank holds bit-identical parameters (a digest per rank, gathered)."""
+    h = hashlib.md5()
+    for p in model.parameters():
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    digests = gather(h.hexdigest())
+    return len(set(digests)) == 1
 
 
 def from_main(obj: Any) -> Any:
@@ -100,5 +109,8 @@ def wrap(model: torch.nn.Module, device: str) -> torch.nn.Module | None:
     if world() == 1:
         return None
     ids = [torch.device(device).index] if device.startswith("cuda") else None
-    # find_unused_parameters: SSA's tag classifiers see no item in some batches
-    return torch.nn.parallel.DistributedDataParallel(LossOf(model), device_ids=ids, find_unused_parameters=True)
+    # every parameter takes part in every loss (SSA's classifiers too: a batch without tags adds 0 x
+    # their output), so no search for unused parameters; the buffers are the fixed item tables, the
+    # same on every rank from the start, so they are not re-sent every step
+    return torch.nn.parallel.DistributedDataParallel(LossOf(model), device_ids=ids, find_unused_parameters=False,
+                                                     broadcast_buffers=False)

@@ -1,6 +1,6 @@
 """Multi-process training with torch DDP (`torchrun --nproc_per_node=N prism train`), 2 CPU ranks
 on gloo on the tiny synthetic set: the loss falls, rank 0 writes the outputs and a checkpoint with
-every rank's RNG, and a second call resumes it (issue 9)."""
+every rank's RNG, a second call resumes it (issue 9), and the ranks' weights stay identical (issue 19)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_torchrun_two_cpu_ranks_train_and_resume(smoke_inputs, tmp_path):
     assert r2.returncode == 0, r2.stderr[-4000:]
     assert "resumed from" in r2.stderr and "steps of epoch 1" in r2.stderr
     info2 = json.loads((tmp_path / "train.json").read_text())
-    assert info2["epochs_complete"] == 2 and info2["stopped"] == "max_epochs"
+    assert info2["epochs_complete"] == 2 and info2["stopped"] == "max_epochs" and info2["replicas_equal"] is True
     assert info2["steps"] == 2 * info2["steps_per_epoch"]  # each rank: half of the epoch's paper batches
     rows = list(csv.DictReader(open(tmp_path / "train.csv")))
     assert [int(x["epoch"]) for x in rows] == [1, 1, 2]

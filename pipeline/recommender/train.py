@@ -298,30 +298,45 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
         cut = False
         bar = progress_bar(batches[done:], desc=f"train epoch {epoch}", leave=False, disable=not dd.is_main() or None)
         for j, idx in enumerate(bar):
-            f = lr_factor(cfg, state["step"], total_steps, state["train_s"] + clock() - t0, budget_s)
+            elapsed = state["train_s"] + clock() - t0
+            if budget_s < float("inf"):
+                # one clock for all ranks (rank 0 alone would need a broadcast anyway): the same learning
+                # rate and the same cut on every rank, else the replicas' weights drift apart for good
+                elapsed = dd.max_over_ranks(elapsed, device)
+                if j > 0 and elapsed >= budget_s:  # spent after the last step: the epoch is cut here
+                    cut = True
+                    state["partial"] = {"rng": epoch_rng, "steps": done + j, "sums": sums, "n_seen": n_seen}
+                    break
+            f = lr_factor(cfg, state["step"], total_steps, elapsed, budget_s)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * f
-            batch, n = make_batch(train, idx, model, device)
-            parts = train_step(model, opt, batch, device, amp, cfg.grad_clip, net)
+            batch, n = make_batch(train, idx, model, device, buckets)
+            try:
+                parts = train_step(model, opt, batch, device, amp, cfg.grad_clip, net, loss_fn)
+            except Exception as e:  # `auto` falls back to eager when the compiler fails
+                if loss_fn is None or cfg.compile != "auto" or compiled_ok:
+                    raise
+                log.warning("train: torch.compile failed (%s: %s); recommender.compile auto: training uncompiled",
+                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                loss_fn, compile_reason = None, f"auto: the compiler failed ({type(e).__name__}), uncompiled"
+                parts = train_step(model, opt, batch, device, amp, cfg.grad_clip, net, None)
+            compiled_ok = loss_fn is not None
             state["step"] += 1
             for k, v in parts.items():  # summed on the device: no host sync per step
                 sums[k] = sums.get(k, 0.0) + v * n
             n_seen += n * dd.world()  # every rank took a batch of about this size
             if j % 50 == 0:
                 bar.set_postfix(loss=f"{float(parts['total']):.3f}")
-            over = budget_s < float("inf") and dd.any_rank(state["train_s"] + clock() - t0 >= budget_s, device)
-            if over and done + j + 1 < len(batches):
-                cut = True
-                state["partial"] = {"rng": epoch_rng, "steps": done + j + 1, "sums": sums, "n_seen": n_seen}
-                break
         if not cut:
             state["partial"] = None
         train_s = dd.from_main(clock() - t0)  # rank 0's clock rules the budget
         state["train_s"] += train_s
+        if dd.world() > 1 and not dd.replicas_equal(model):  # a bug, never a silent drift
+            raise RuntimeError(f"train: the ranks' model weights differ after epoch {epoch} (DDP out of sync)")
         t1 = clock()
         metrics = None
         if dd.is_main():
-            metrics, _ = evaluate_split(model, valid, vidx, trie, cfg.beam_size, cfg.eval_batch, device, amp,
+            metrics, _ = evaluate_split(model, valid, vidx, trie, cfg.beam_size, cfg.eval_batch, device, vamp,
                                         norm=cfg.decode_norm)
         metrics = dd.from_main(metrics)
         total = n_samples(train)
@@ -356,6 +371,8 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
     info = {"epochs": state["epoch"] + (1 if state["partial"] else 0), "epochs_complete": state["epoch"],
             "best_epoch": state["best_epoch"], "best_valid_ndcg@20": state["best"],
             "stopped": state["stopped"], "train_wall_s": round(state["train_s"], 1),
-            "valid_users_per_epoch": int(len(vidx)), "steps_per_epoch": steps_per_epoch, "steps": state["step"],
-            "amp": amp.mode, "amp_reason": amp.reason, "encoder": model.cfg.encoder, "world_size": dd.world()}
+            "valid_users_per_epoch": int(len(vidx)), "steps_per_epoch": epoch_steps, "steps": state["step"],
+            "amp": amp.mode, "amp_reason": amp.reason, "valid_amp": vamp.mode, "compile": loss_fn is not None,
+            "compile_reason": compile_reason, "encoder": model.cfg.encoder, "world_size": dd.world(),
+            **({"replicas_equal": dd.replicas_equal(model)} if dd.world() > 1 else {})}
     return FitResult(best_state, state["history"], info)
