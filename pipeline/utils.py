@@ -116,6 +116,10 @@ def resolve_device(name: str = "auto") -> str:
     """`auto` picks CUDA when present, else CPU."""
     import torch
 
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ParamError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import sys
@@ -22,34 +23,61 @@ def split_list(s: str) -> list[str]:
 def _times(raw, where: str) -> list[int] | None:
     if raw is None or raw == "" or raw == []:
         return None
-    vals = raw if isinstance(raw, list) else split_list(str(raw))
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        raw = [raw]
+    if not isinstance(raw, (list, str)):
+        raise QueryError(f"{where}: `times` must be a list of unix seconds, got {type(raw).__name__}.")
+    vals = raw if isinstance(raw, list) else split_list(raw)
     try:
-        return [int(float(v)) for v in vals]
-    except (TypeError, ValueError):
-        raise QueryError(f"{where}: timestamps must be unix seconds, got {raw!r}") from None
+        if any(isinstance(v, bool) or not isinstance(v, (int, float, str)) for v in vals):
+            raise TypeError
+        out = [int(float(v)) for v in vals]
+    except (TypeError, ValueError, OverflowError):
+        raise QueryError(f"{where}: timestamps must be unix seconds, got {str(raw)[:100]!r}") from None
+    if any(not 0 <= t < 2**40 for t in out):
+        raise QueryError(f"{where}: timestamps must be unix seconds from 0 (1970) on, got {str(raw)[:100]!r}")
+    return out
+
+
+def _text(path: Path) -> str:
+    """The file as UTF-8 text (a BOM is dropped); anything else is a one-line error naming the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise QueryError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                         "save the queries as UTF-8 JSON lines or CSV.") from None
 
 
 def read_queries(path: Path) -> list[Query | QueryError]:
     """Queries from a JSON-lines file ({"user": ID} or {"history": [ASIN, ...], "times": [...], "id": ...})
     or a CSV file (columns `user` or `history`, optional `times`, `id`; lists separated by spaces,
-    `;` or `|`). A malformed line becomes a QueryError in place, so that it can be skipped and counted."""
+    `;` or `|`). A malformed line becomes a QueryError in place, so that it can be skipped and counted;
+    a file that is not UTF-8 text is one QueryError naming the line."""
     if not path.is_file():
         raise QueryError(f"{path}: input file not found.")
+    text = _text(path)
     out: list[Query | QueryError] = []
     if path.suffix.lower() == ".csv":
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or not ({"user", "history"} & set(reader.fieldnames)):
-                raise QueryError(f"{path}: a CSV needs a header with a `user` or a `history` column "
-                                 f"(got {reader.fieldnames}).")
-            for n, row in enumerate(reader, start=2):
-                where = f"{path}:{n}"
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            fields = reader.fieldnames
+            if not fields or not ({"user", "history"} & set(fields)):
+                raise QueryError(f"{path}: a CSV needs a header with a `user` or a `history` column (got {fields}).")
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
                 try:
+                    if None in row:  # more cells than header columns
+                        raise QueryError(f"{where}: {len(fields) + len(row[None])} cells for {len(fields)} columns.")
                     out.append(_query(row, where))
                 except QueryError as exc:
                     out.append(exc)
+        except csv.Error as exc:
+            raise QueryError(f"{path}:{reader.line_num}: not a readable CSV ({exc}); expected a header line "
+                             "`id,history,times` and one query per line.") from None
         return out
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{n}"
@@ -58,8 +86,9 @@ def read_queries(path: Path) -> list[Query | QueryError]:
             if not isinstance(obj, dict):
                 raise ValueError("not a JSON object")
             out.append(_query(obj, where))
-        except ValueError as exc:
-            out.append(QueryError(f"{where}: malformed line ({exc}); expected e.g. "
+        except (ValueError, RecursionError) as exc:
+            msg = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+            out.append(QueryError(f"{where}: malformed line ({msg[:200]}); expected e.g. "
                                   '{"history": ["ASIN1", "ASIN2"]} or {"user": "REVIEWER_ID"}'))
         except QueryError as exc:
             out.append(exc)
@@ -67,14 +96,26 @@ def read_queries(path: Path) -> list[Query | QueryError]:
 
 
 def _query(obj: dict, where: str) -> Query:
-    label = f"{where}" + (f" (id {obj['id']})" if obj.get("id") not in (None, "") else "")
+    """One query from a parsed line; a field of the wrong type is a QueryError naming it."""
+    qid = obj.get("id")
+    if qid is not None and not isinstance(qid, (str, int)):
+        raise QueryError(f"{where}: `id` must be a string or a number, got {type(qid).__name__}.")
+    label = f"{where}" + (f" (id {qid})" if qid not in (None, "") else "")
     user = obj.get("user")
     if user not in (None, ""):
+        if not isinstance(user, (str, int)) or isinstance(user, bool):
+            raise QueryError(f"{where}: `user` must be a reviewerID string, got {type(user).__name__}.")
         return Query([], None, label, user=str(user))
     hist = obj.get("history")
     if hist is None:
         raise QueryError(f"{where}: neither `user` nor `history` given.")
-    hist = [str(h) for h in hist] if isinstance(hist, list) else split_list(str(hist))
+    if isinstance(hist, str):
+        hist = split_list(hist)
+    elif isinstance(hist, list) and all(isinstance(h, str) for h in hist):
+        hist = list(hist)
+    else:
+        raise QueryError(f"{where}: `history` must be a list of asin strings (or one string of asins), got "
+                         f"{type(hist).__name__}{' with non-string items' if isinstance(hist, list) else ''}.")
     return Query(hist, _times(obj.get("times"), where), label)
 
 

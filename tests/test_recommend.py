@@ -224,3 +224,88 @@ def test_every_artifact_loads_with_weights_only_and_a_foreign_pickle_never_runs(
                "--predictions", str(tmp_path / "p.parquet"), "--metrics", str(tmp_path / "e.json"),
                "--groups-plot", str(tmp_path / "g.csv"))
     assert r.returncode == 1 and "not a prism artifact" in r.stderr and not ran.exists()
+
+
+def test_recommend_options_are_validated_with_one_line_errors(trained):
+    """Issue 19: --k 0 / -3 / more than the items, --beam, --batch, --device, --on-error: one line, no traceback."""
+    h = _load(trained).items["asin"].iloc[0]
+    cases = {("--k", "0"): "k (--k", ("--k", "-3"): "k (--k", ("--k", "100000000"): "k (--k",
+             ("--beam", "0"): "beam (--beam", ("--k", "20", "--beam", "10"): "beam (--beam",
+             ("--beam", "99999999"): "beam (--beam", ("--batch", "0"): "decoding batch",
+             ("--batch", "abc"): "decoding batch", ("--device", "gpu0"): "device must be",
+             ("--on-error", "ignore"): "--on-error"}
+    for args, msg in cases.items():
+        r = _prism("recommend", *trained["io"], "--history", h, *args)
+        assert r.returncode == 1 and msg in r.stderr, (args, r.stderr[-500:])
+        assert "Traceback" not in r.stderr and "internal error" not in r.stderr, args
+        assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    rec = _load(trained)
+    for kw in ({"k": 0}, {"k": True}, {"k": 5, "beam": 2}, {"k": 5, "batch": -1}):
+        with pytest.raises(ValueError):
+            rec.recommend([[h]], **kw)
+
+
+def _fuzz_lines(rng, asins, users) -> list[bytes]:
+    """Bad and odd input lines: random bytes, truncated JSON, wrong field types, huge and deep lines."""
+    good = json.dumps({"history": asins[:3], "times": [1, 2, 3], "id": "g"})
+    lines = [rng.bytes(int(rng.integers(1, 200))) for _ in range(6)]
+    lines += [good[: int(rng.integers(1, len(good)))].encode() for _ in range(6)]  # truncated JSON
+    odd = [{"history": 5}, {"history": asins[0]}, {"history": {"a": 1}}, {"history": [1, 2]}, {"history": [[asins[0]]]},
+           {"history": [None]}, {"history": asins[:2], "times": [[1, 2]]}, {"history": asins[:2], "times": {"a": 1}},
+           {"history": asins[:2], "times": ["x", "y"]}, {"history": asins[:2], "times": [1e300, 1]},
+           {"history": asins[:2], "times": [True, False]}, {"history": asins[:2], "times": 7},
+           {"history": asins[:2], "id": [1, 2]}, {"history": asins[:2], "id": {"x": 1}}, {"user": [users[0]]},
+           {"user": True}, {"user": 123}, {"user": users[0], "id": None}, [asins[0]], "str", 3, None,
+           {"history": asins * 50}, {"history": [asins[0]] * 100000}, {"nothing": 1}, {}]
+    lines += [json.dumps(o).encode() for o in odd]
+    lines += [b"[" * 100000, b'{"history": ' + b"[" * 50000 + b"]" * 50000 + b"}", b"x" * 2_000_000, b"\x00" * 10]
+    return lines
+
+
+def test_fuzzed_query_files_give_one_line_errors_or_counted_skips(trained, tmp_path):
+    """Issue 19: random bytes, other encodings, truncated JSON, wrong field types, huge or deep lines, in
+    JSON lines and CSV, through `read_queries` and the CLI: a one-line error or a counted skip, never a
+    traceback."""
+    import numpy as np
+
+    from stages.recommend import read_queries
+
+    rng = np.random.default_rng(0)
+    rec = _load(trained)
+    asins = rec.items["asin"].tolist()
+    users = list(rec.users)[:3]
+    lines = _fuzz_lines(rng, asins, users)
+    files = []
+    for i, line in enumerate(lines):  # one bad line between two good ones, as .jsonl and as .csv
+        good = json.dumps({"history": asins[:2]}).encode()
+        f = tmp_path / f"f{i}.jsonl"
+        f.write_bytes(good + b"\n" + line + b"\n" + good + b"\n")
+        c = tmp_path / f"f{i}.csv"
+        c.write_bytes(b"id,history,times\n" + b"a," + asins[0].encode() + b",\n" + line + b"\n")
+        files += [f, c]
+    files.append(tmp_path / "latin1.jsonl")
+    files[-1].write_bytes(json.dumps({"history": asins[:1], "id": "x"}).encode() + b"\n" + '{"id": "caf\xe9"}'.encode("latin-1"))
+    files.append(tmp_path / "utf16.csv")
+    files[-1].write_bytes("id,history\nx,a\n".encode("utf-16"))
+    for f in files:
+        try:
+            qs = read_queries(f)
+        except QueryError as exc:  # a whole-file error (encoding, CSV structure): one line, naming the file
+            assert str(f) in str(exc) and "\n" not in str(exc)
+            continue
+        for q in qs:
+            assert isinstance(q, (Query, QueryError))
+            if isinstance(q, QueryError):
+                assert str(f) in str(q) and "\n" not in str(q)
+    assert "not UTF-8" in str(pytest.raises(QueryError, read_queries, files[-2]).value)
+    assert ":2: not UTF-8" in str(pytest.raises(QueryError, read_queries, files[-2]).value)
+    # through the CLI (a sample: each call loads the model): exit 0 with skips counted, or 1 with one line
+    for f in [*files[::5], files[-2], files[-1]]:
+        for mode in ("skip", "error"):
+            r = _prism("recommend", *trained["io"], "--input", str(f), "--on-error", mode, "--k", "3")
+            assert r.returncode in (0, 1), (f, r.returncode)
+            assert "Traceback" not in r.stderr and "internal error" not in r.stderr, (f.read_bytes()[:200], r.stderr[-800:])
+            if r.returncode == 1:
+                assert len(r.stderr.strip().splitlines()) == 1, r.stderr[-800:]
+            else:
+                assert "skipped" in r.stderr.splitlines()[-1] or "skipped" in r.stdout

@@ -29,10 +29,13 @@ from pipeline.amp import resolve_decode_amp
 from pipeline.config import load_params
 from pipeline.recommender.assets import build_model, load_assets
 from pipeline.recommender.beam import TrieIndex
-from pipeline.recommender.evaluate import batch1_latency_ms, rank
+from pipeline.recommender.evaluate import batch1_latency_ms, decode_batch, rank
 from pipeline.recommender.model import RecConfig
 from pipeline.recommender.seqdata import SeqData
-from pipeline.utils import DataError, load_torch, resolve_device
+from pipeline.utils import DataError, ParamError, load_torch, resolve_device
+
+
+MAX_BEAM = 4096  # beam widths beyond this only cost memory (the paper decodes with 20-30)
 
 
 class QueryError(DataError):
@@ -137,9 +140,15 @@ class Recommender:
     def recommend_queries(self, queries: Iterable[Query], k: int = 10, beam: int = 30, batch: int | str = "auto",
                           on_error: str = "error", truncate: bool = False, progress=None) -> list[Result]:
         if on_error not in ("error", "skip"):
-            raise ValueError(f"on_error must be 'error' or 'skip', got '{on_error}'")
-        if beam < k:
-            raise QueryError(f"beam ({beam}) must be >= k ({k}): the beam keeps the k best items.")
+            raise ParamError(f"on_error must be 'error' or 'skip', got {on_error!r}")
+        n = len(self.asin_index)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+            raise ParamError(f"k (--k, items per query) must be a whole number from 1 to {n:,} (the items of this "
+                             f"dataset), got {k!r}")
+        if isinstance(beam, bool) or not isinstance(beam, int) or not k <= beam <= MAX_BEAM:
+            raise ParamError(f"beam (--beam) must be a whole number from k ({k}) to {MAX_BEAM:,}: the beam keeps "
+                             f"the k best items; got {beam!r}")
+        decode_batch(batch, self.device)  # a bad batch fails here, before any work
         kept, enc = [], []
         for q in queries:
             try:
