@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 from ruamel.yaml import YAML
 
+from pipeline import schema
 from pipeline.utils import ParamError, PrismError
 
 
@@ -91,6 +92,7 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
             raise ParamsError(f"--set {item}: '{key}' is a group of params; set one of its keys, e.g. "
                               f"'{key}.{next(iter(node[parts[-1]]), '...')}'.")
         node[parts[-1]] = value
+    schema.check(data, str(path))  # every value's type and range (pipeline/schema.py)
     return Params(data, source=str(path))
 
 
