@@ -132,9 +132,12 @@ def train_lightgcn(train_users, train_items, n_users, n_items, valid_users, vali
             i = torch.from_numpy(pi[b]).to(device)
             j = torch.from_numpy(neg_all[s:s + len(b)]).to(device)
             U, I = model.propagate()
-            x = (U[u] * (I[i] - I[j])).sum(-1)
+            # index_select, not U[u]: on CPU the backward of advanced indexing accumulates repeated rows
+            # in a thread-dependent order (e_collab differed by ~1e-7 between runs with 2 threads,
+            # issue 19); index_select's backward does not
+            x = (U.index_select(0, u) * (I.index_select(0, i) - I.index_select(0, j))).sum(-1)
             e0 = model.emb.weight
-            reg = (e0[u].pow(2).sum() + e0[n_users + i].pow(2).sum() + e0[n_users + j].pow(2).sum()) / 2
+            reg = e0.index_select(0, torch.cat([u, n_users + i, n_users + j])).pow(2).sum() / 2
             loss = nn.functional.softplus(-x).mean() + cfg.reg * reg / len(b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
