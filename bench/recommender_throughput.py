@@ -4,6 +4,7 @@ torch kernel set, threads), the amp decision, then one line per figure. A sample
 prefix -> next-item pair of the paper's sliding window, whichever encoder trains it.
 
 Usage: python bench/recommender_throughput.py [DATA_ROOT] [--steps N] [--users N] [--amp auto|bf16|off]
+       [--decode-amp off,bf16]   (ranking precisions to time; default evaluate.amp)
        [--devices all|cpu|cuda] [-S KEY=VALUE ...]     (e.g. -S recommender.encoder=bidirectional)
        -S recommender.compile=true [-S recommender.length_buckets=[20]] [--compile-backend aot_eager]:
        the training step through torch.compile (CUDA graphs on CUDA); its warm-up is reported, not timed
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.amp import cpu_capability, resolve_amp  # noqa: E402
+from pipeline.amp import cpu_capability, resolve_amp, resolve_decode_amp  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.recommender.assets import build_model, load_assets, model_config  # noqa: E402
 from pipeline.recommender.beam import TrieIndex  # noqa: E402
@@ -68,7 +69,7 @@ def profile_steps(device: str, batches, run_steps) -> None:
 
 
 def bench(device: str, a, p, steps: int, users: int, amp_arg: str, backend: str = "inductor",
-          profile: int = 0) -> None:
+          profile: int = 0, decode_amps: tuple[str, ...] = ()) -> None:
     torch.manual_seed(0)
     cfg = model_config(p, a)
     amp = resolve_amp(amp_arg, device)
@@ -127,15 +128,17 @@ def bench(device: str, a, p, steps: int, users: int, amp_arg: str, backend: str 
     beam = p["evaluate.beam_size"]
     idx = np.arange(min(users, len(test)))
     norm = p["decode_norm"]
-    rank(model, test, idx[:64], trie, beam, 20, p["evaluate.batch_size"], device, amp, norm=norm)  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    rank(model, test, idx, trie, beam, 20, p["evaluate.batch_size"], device, amp, norm=norm)
-    sync(device)
-    ups = len(idx) / (time.perf_counter() - t0)
-    ms = batch1_latency_ms(model, test, trie, beam, 20, 45, device, amp, warmup=5, norm=norm)
-    print(f"{device} {cfg.encoder} amp={amp.mode}: decode beam {beam} ({p['decode_norm']}): {ups:,.0f} users/s "
-          f"batched (batch {decode_batch(p['evaluate.batch_size'], device)}), {ms:.1f} ms/user at batch 1")
+    for dec in decode_amps or (p["evaluate.amp"],):  # the ranking precision (evaluate.amp), fp32 by default
+        damp = resolve_decode_amp(dec, device)
+        rank(model, test, idx[:64], trie, beam, 20, p["evaluate.batch_size"], device, damp, norm=norm)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        rank(model, test, idx, trie, beam, 20, p["evaluate.batch_size"], device, damp, norm=norm)
+        sync(device)
+        ups = len(idx) / (time.perf_counter() - t0)
+        ms = batch1_latency_ms(model, test, trie, beam, 20, 45, device, damp, warmup=5, norm=norm)
+        print(f"{device} {cfg.encoder} ranking amp={damp.mode}: decode beam {beam} ({p['decode_norm']}): {ups:,.0f} "
+              f"users/s batched (batch {decode_batch(p['evaluate.batch_size'], device)}), {ms:.1f} ms/user at batch 1")
 
 
 def main() -> None:
@@ -144,6 +147,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--users", type=int, default=1024)
     ap.add_argument("--amp", default="auto")
+    ap.add_argument("--decode-amp", default=None,
+                    help="ranking precisions to time, comma-separated (off,bf16); default: evaluate.amp")
     ap.add_argument("-S", "--set", action="append", default=[])
     ap.add_argument("--devices", default="all", help="all (CPU, then CUDA when present) | cpu | cuda")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
@@ -162,7 +167,8 @@ def main() -> None:
     if args.devices != "all":
         devices = [args.devices]
     for dev in devices:
-        bench(dev, a, p, args.steps, args.users, args.amp, args.compile_backend, args.profile)
+        bench(dev, a, p, args.steps, args.users, args.amp, args.compile_backend, args.profile,
+              tuple(args.decode_amp.split(",")) if args.decode_amp else ())
 
 
 if __name__ == "__main__":
