@@ -35,9 +35,9 @@ def embed_cmd(
         write_npy(out / f"tags_depth{d}.npy", encode(model, names, bs, f"depth-{d} tag names"))
     info = {"model": p["embed_model"], "dim": int(content.shape[1]), "items": int(content.shape[0]),
             "tags_per_depth": [int((tags["depth"] == d).sum()) for d in depths],
-            "device": device, "wall_s": round(time.time() - t0, 1)}
-    write_json(out / "info.json", info)
+            "device": device}
+    write_json(out / "info.json", info)  # no wall time in it: same inputs, byte-identical features (DVC)
     summary(f"embed: {info['items']:,} items x {info['dim']}-d with {p['embed_model']} on {device}, "
-            f"tags per depth {info['tags_per_depth']}, {info['wall_s']}s -> {out}")
+            f"tags per depth {info['tags_per_depth']}, {time.time() - t0:.1f}s -> {out}")
 
 
