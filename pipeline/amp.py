@@ -109,10 +109,8 @@ DECODE_AMP = ("off", "bf16")
 def resolve_decode_amp(amp, device: str) -> AmpChoice:
     """The ranking precision `evaluate.amp`: `off` (fp32, batch-invariant rankings) | `bf16` (opt-in,
     batch-dependent rankings). See the module docstring."""
-    if amp is False:
-        amp = "off"
-    amp = str(amp).lower()
-    if amp not in DECODE_AMP:
+    amp = str(amp).lower() if amp is not False else "off"
+    if amp not in DECODE_AMP:  # the training values minus `auto`
         raise ParamError(f"evaluate.amp (the ranking precision) must be 'off' (fp32: a user's ranking does not "
                          f"depend on its batch) or 'bf16' (faster where bf16 is native, rankings depend on the "
                          f"batch), got '{amp}'")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.recommender.recommend import Query, QueryError, Recommender
+from pipeline.recommender.recommend import Query, QueryError, Recommender, ranking_settings
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage
 
@@ -157,10 +157,9 @@ def recommend_cmd(
     if bad and on_error == "error":
         raise bad[0]
     # rank as `prism evaluate` does: its beam, ranking precision and normalisation (params.yaml when present)
-    p = params(params_file, set_) if params_file.is_file() or set_ else None
-    beam = beam if beam is not None else (p["evaluate.beam_size"] if p else 30)
-    rec = Recommender.load(model_dir, data, features, collab, sid, device, amp=p["evaluate.amp"] if p else "off",
-                           norm=p["decode_norm"] if p else "renorm", params=None)
+    rs = ranking_settings(params(params_file, set_) if params_file.is_file() or set_ else None)
+    beam = rs["beam"] if beam is None else beam
+    rec = Recommender.load(model_dir, data, features, collab, sid, device, amp=rs["amp"], norm=rs["norm"])
     rec.skipped += [str(b) for b in bad]
     t0 = time.time()
     results = rec.recommend_queries([q for q in queries if isinstance(q, Query)], k, beam, batch, on_error,

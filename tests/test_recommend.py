@@ -51,16 +51,20 @@ def _load(t) -> Recommender:
                             device="cpu")
 
 
-def test_python_api_matches_evaluate_for_dataset_users(trained):
-    rec = _load(trained)
-    pred = pd.read_parquet(trained["out"] / "pred.parquet")
-    test = pred[pred["split"] == "test"].head(12)
-    # a dataset user's test query is its history before the test item: give it as asins with times
-    proc = trained["inp"] / "processed"
-    t = pd.read_parquet(proc / "test.parquet").set_index("user_id").loc[test["user_id"]]
-    asins = pd.read_parquet(proc / "items.parquet")["asin"].to_numpy()
+def _test_queries(trained, rec: Recommender, n: int):
+    """`prism evaluate`'s first n test predictions and their queries as the API takes them: a dataset
+    user's test query is its history before the test item, given as asins with times."""
+    pred = pd.read_parquet(trained["out"] / "pred.parquet").query("split == 'test'").head(n)
+    t = pd.read_parquet(trained["inp"] / "processed" / "test.parquet").set_index("user_id").loc[pred["user_id"]]
+    asins = rec.items["asin"].to_numpy()
     hists = [list(asins[h][-rec.max_len:]) for h in t["history"]]
     times = [list(map(int, ht[-rec.max_len:])) for ht in t["history_times"]]
+    return pred, hists, times
+
+
+def test_python_api_matches_evaluate_for_dataset_users(trained):
+    rec = _load(trained)
+    test, hists, times = _test_queries(trained, rec, 12)
     got = rec.recommend(hists, k=20, times=times)
     for row, want in zip(got, test["topk"]):
         assert [x["asin"] for x in row] == list(want)
@@ -92,11 +96,7 @@ def test_rankings_do_not_depend_on_the_batch(trained):
     got = rank(rec.model, test, sub, rec.trie, 30, 20, 7, "cpu", rec.amp)
     assert (got == want[sub]).all()
     # the Python API alone and at batch 256 gives `prism evaluate`'s lists (its test queries, as asins)
-    pred = pd.read_parquet(trained["out"] / "pred.parquet").query("split == 'test'").head(30)
-    t = pd.read_parquet(trained["inp"] / "processed" / "test.parquet").set_index("user_id").loc[pred["user_id"]]
-    asins = rec.items["asin"].to_numpy()
-    hists = [list(asins[h][-rec.max_len:]) for h in t["history"]]
-    times = [list(map(int, ht[-rec.max_len:])) for ht in t["history_times"]]
+    pred, hists, times = _test_queries(trained, rec, 30)
     for b in (1, 256):
         got = rec.recommend(hists, k=20, times=times, batch=b)
         assert [[x["asin"] for x in row] for row in got] == pred["topk"].map(list).tolist(), f"API batch {b}"

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from pipeline.amp import resolve_decode_amp
-from pipeline.config import load_params
+from pipeline.config import Params, load_params
 from pipeline.recommender.assets import build_model, load_assets
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.evaluate import batch1_latency_ms, decode_batch, rank
@@ -36,6 +36,14 @@ from pipeline.utils import DataError, ParamError, load_torch, resolve_device
 
 
 MAX_BEAM = 4096  # beam widths beyond this only cost memory (the paper decodes with 20-30)
+
+
+def ranking_settings(p: Params | None) -> dict:
+    """How `prism evaluate` ranks, from params (`evaluate.amp`, `decode_norm`, `evaluate.beam_size`), or
+    the shipped defaults without a params file: what the API and `prism recommend` rank with."""
+    if p is None:
+        return {"amp": "off", "norm": "renorm", "beam": 30}
+    return {"amp": p["evaluate.amp"], "norm": p["decode_norm"], "beam": p["evaluate.beam_size"]}
 
 
 class QueryError(DataError):
@@ -81,9 +89,9 @@ class Recommender:
         file `params` when it exists (so that the API ranks exactly as `prism evaluate` did), else to
         off / renorm."""
         if amp is None or norm is None:
-            p = load_params(params) if params is not None and Path(params).is_file() else None
-            amp = amp if amp is not None else (p["evaluate.amp"] if p else "off")
-            norm = norm if norm is not None else (p["decode_norm"] if p else "renorm")
+            rs = ranking_settings(load_params(params) if params is not None and Path(params).is_file() else None)
+            amp = rs["amp"] if amp is None else amp
+            norm = rs["norm"] if norm is None else norm
         device = resolve_device(device)
         path = Path(model) / "model.pt"
         if not path.is_file():
