@@ -32,7 +32,7 @@ from pipeline.recommender.evaluate import batch1_latency_ms, decode_batch, rank 
 from pipeline.recommender.evaluate import sync_device as sync
 from pipeline.recommender.seqdata import SeqData, Windows, padded_width  # noqa: E402
 from pipeline.recommender.train import (FitConfig, compiled_loss, epoch_plan, length_buckets,  # noqa: E402
-                                        make_batch, n_samples, resolve_compile, train_step)
+                                        make_batch, make_optimizer, n_samples, resolve_compile, train_step)
 
 
 def machine() -> str:
@@ -80,7 +80,7 @@ def bench(device: str, a, p, steps: int, users: int, amp_arg: str, backend: str 
     else:
         train = SeqData.from_train(a.train, cfg.max_len)
     batches = epoch_plan(train, p["recommender.batch_size"], np.random.default_rng(0), True)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-4, fused=torch.device(device).type == "cuda")
+    opt = make_optimizer(model, 5e-4, device)
     fcfg = FitConfig(compile=p["recommender.compile"], length_buckets=p["recommender.length_buckets"])
     compiled, why = resolve_compile(fcfg.compile, device, cfg.causal)
     buckets = length_buckets(fcfg, cfg.max_len, compiled)

@@ -82,11 +82,11 @@ def test_dt_buckets():
 def test_moe_routes_to_top_k_experts(world):
     m = make(world)
     m.eval()
-    w = m.dsi.moe.routing(torch.randn(50, m.dsi.moe.gate.in_features))
+    w = m.dsi.moe.routing(torch.randn(50, m.dsi.moe.d_in))
     assert ((w > 0).sum(-1) == 2).all() and torch.allclose(w.sum(-1), torch.ones(50))
     m.train()
     torch.manual_seed(1)
-    w1 = m.dsi.moe.routing(torch.zeros(5, m.dsi.moe.gate.in_features))
+    w1 = m.dsi.moe.routing(torch.zeros(5, m.dsi.moe.d_in))
     assert ((w1 > 0).sum(-1) == 2).all()  # noisy gating (Eq. 12) still picks K experts
     assert 0 < float(m.dsi.eta.detach()) < 0.2  # η = sigmoid(−2) at init (Eq. 14)
 
@@ -110,7 +110,7 @@ def copy_into(src, dst):
 
 def test_ssa_switch_removes_exactly_its_term(world):
     full, off = make(world), make(world, ssa=False)
-    assert copy_into(full, off) == {"ssa_reg", "ssa_cls"}
+    assert copy_into(full, off) == {"ssa_head"}
     pf, po = loss_parts(full, world), loss_parts(off, world)
     assert "ssa" in pf and "ssa" not in po and pf["ssa"] > 0
     assert po["gen"] == pytest.approx(pf["gen"], rel=1e-6)
@@ -147,7 +147,7 @@ def test_dt_switch_removes_exactly_the_time_embedding(world):
 def test_tiger_configuration_has_no_prism_modules(world):
     m = make(world, dsi=False, ssa=False, ats=False, dt=False)
     names = {k.split(".")[0] for k in m.state_dict()}
-    assert not names & {"dsi", "ssa_reg", "ssa_cls"} and m.embed.time is None
+    assert not names & {"dsi", "ssa_head"} and m.embed.time is None
 
 
 # -------------------------------------------------------------------------------- decoding

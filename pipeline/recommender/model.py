@@ -19,6 +19,7 @@ plain RQ-VAE tokenizer is TIGER.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -111,20 +112,44 @@ def ats_temperature(n_children: torch.Tensor, tau_min: float, tau_max: float, al
 # ------------------------------------------------------------------------- Transformer
 
 
+# the CPU dropout masks' bit generator: None (one seed per mask), True (a `dropout_stream` not yet
+# seeded) or the stream's SFC64
+_STREAM: list = [None]
+
+
+@contextlib.contextmanager
+def dropout_stream():
+    """Inside, every CPU dropout mask is drawn from one SFC64 stream seeded by a single draw of torch's
+    RNG at the first mask (a training step: one draw and one host read instead of one per dropout,
+    ~40; none when nothing drops)."""
+    _STREAM[0] = True
+    try:
+        yield
+    finally:
+        _STREAM[0] = None
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout (as `F.dropout`). On CPU the keep-mask comes from 16 random bits per element
     drawn by numpy's SFC64 generator, ~3x cheaper than torch's CPU mask (mt19937, one 32-bit draw
-    per element: dropout was ~20 % of a bidirectional training step on 2 cores). The generator is
-    seeded from torch's RNG, so runs stay reproducible from `seed` and resume exactly from a
-    checkpoint. p is quantised to 1/65,536. CUDA (fast RNG there) uses `F.dropout`."""
+    per element: dropout was ~20 % of a bidirectional training step on 2 cores), as the scaled mask
+    {0, 1/(1−p)} made by numpy (one multiply in torch). The generator is seeded from torch's RNG (per
+    call, or once per training step inside `dropout_stream`), so runs stay reproducible from `seed` and
+    resume exactly from a checkpoint. p is quantised to 1/65,536. CUDA (fast RNG there) and
+    `torch.compile`d graphs (the host draw would break the graph) use `F.dropout`."""
     if not training or p <= 0.0:
         return x
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or torch.compiler.is_compiling():  # traced graphs use the plain mask
         return F.dropout(x, p, True)
     n = x.numel()
-    seed = int(torch.randint(0, 2 ** 62, (1,)).item())
-    bits = torch.from_numpy(np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int16)[:n]).view(x.shape)
-    return torch.where(bits >= round(p * 65536) - 32768, x, 0.0) * (1.0 / (1.0 - p))
+    gen = _STREAM[0]
+    if gen is None or gen is True:
+        gen = np.random.SFC64(int(torch.randint(0, 2 ** 62, (1,)).item()))
+        if _STREAM[0] is True:
+            _STREAM[0] = gen
+    bits = gen.random_raw((n + 3) // 4).view(np.int16)[:n]
+    keep = np.where(bits >= round(p * 65536) - 32768, np.float32(1.0 / (1.0 - p)), np.float32(0.0))
+    return x * torch.from_numpy(keep).view(x.shape).to(x.dtype)
 
 
 class Dropout(nn.Dropout):
@@ -136,35 +161,49 @@ class Dropout(nn.Dropout):
 
 class Attention(nn.Module):
     """Multi-head attention; `mask` is boolean, True = may attend, broadcastable to (B, heads, Tq, Tk).
-    The projections are separate methods so that decoding can cache keys and values."""
+    Self-attention projects queries, keys and values with one matmul (`qkv`); cross-attention
+    projects the queries (`q`) and the memory's keys and values (`kv`, computed once per user and
+    cached while decoding) separately."""
 
-    def __init__(self, cfg: RecConfig):
+    def __init__(self, cfg: RecConfig, cross: bool = False):
         super().__init__()
         inner = cfg.n_heads * cfg.d_head
         self.h, self.dh = cfg.n_heads, cfg.d_head
-        self.q = nn.Linear(cfg.d_model, inner, bias=False)
-        self.kv = nn.Linear(cfg.d_model, 2 * inner, bias=False)
+        if cross:
+            self.q = nn.Linear(cfg.d_model, inner, bias=False)
+            self.kv = nn.Linear(cfg.d_model, 2 * inner, bias=False)
+        else:
+            self.qkv = nn.Linear(cfg.d_model, 3 * inner, bias=False)
         self.o = nn.Linear(inner, cfg.d_model, bias=False)
         self.drop = cfg.dropout
 
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention: q, k, v (B, heads, T, dh) of x (B, T, d), one matmul."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.h, self.dh).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
     def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """Cross-attention queries (B, heads, T, dh)."""
         B, T, _ = x.shape
         return self.q(x).view(B, T, self.h, self.dh).transpose(1, 2)
 
     def keys_values(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values (B, heads, T, dh) of the memory ctx (B, T, d)."""
         B, T, _ = ctx.shape
-        k, v = self.kv(ctx).view(B, T, 2, self.h, self.dh).permute(2, 0, 3, 1, 4)
+        k, v = self.kv(ctx).view(B, T, 2, self.h, self.dh).permute(2, 0, 3, 1, 4).unbind(0)
         return k, v
 
     def attend(self, q, k, v, mask=None, causal: bool = False):
-        if self.training and self.drop > 0 and q.device.type == "cpu":
+        if (self.training and self.drop > 0 and q.device.type == "cpu"
+                and not torch.compiler.is_compiling()):
             # SDPA's attention-probability dropout on CPU draws its mask with torch's slow CPU RNG:
             # the same computation written out, with `dropout`'s mask
             s = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
             if causal and mask is None:
                 mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
             if mask is not None:  # boolean (True = may attend) or an additive float bias, as SDPA's
-                s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
+                s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.to(s.dtype)
             y = dropout(torch.softmax(s, dim=-1), self.drop, True) @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
@@ -172,8 +211,9 @@ class Attention(nn.Module):
         B, _, T, _ = y.shape
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
-    def forward(self, x, ctx, mask=None, causal: bool = False):
-        return self.attend(self.heads(x), *self.keys_values(ctx), mask, causal)
+    def forward(self, x, mask=None, causal: bool = False):
+        """Self-attention of x (B, T, d)."""
+        return self.attend(*self.project(x), mask, causal)
 
 
 class Block(nn.Module):
@@ -182,7 +222,7 @@ class Block(nn.Module):
     def __init__(self, cfg: RecConfig, cross: bool = False):
         super().__init__()
         self.n1, self.att = nn.LayerNorm(cfg.d_model), Attention(cfg)
-        self.cross = Attention(cfg) if cross else None
+        self.cross = Attention(cfg, cross=True) if cross else None
         self.n2 = nn.LayerNorm(cfg.d_model) if cross else None
         self.n3 = nn.LayerNorm(cfg.d_model)
         self.ff = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.ReLU(), Dropout(cfg.dropout),
@@ -191,7 +231,7 @@ class Block(nn.Module):
 
     def forward(self, x, mask=None, causal: bool = False, cross_kv=None, cross_mask=None):
         h = self.n1(x)
-        x = x + self.drop(self.att(h, h, mask, causal))
+        x = x + self.drop(self.att(h, mask, causal))
         if self.cross is not None:
             x = x + self.drop(self.cross_attend(self.n2(x), cross_kv, cross_mask))
         return x + self.drop(self.ff(self.n3(x)))
@@ -211,11 +251,10 @@ class Block(nn.Module):
         """Incremental decoding (eval): x (M, 1, d) is the newest token, cache the self-attention
         keys/values (M, heads, t, dh) of the earlier ones (None at the first token). Returns the
         new state and the extended cache."""
-        h = self.n1(x)
-        k, v = self.att.keys_values(h)
+        q, k, v = self.att.project(self.n1(x))
         if cache is not None:
             k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
-        x = x + self.att.attend(self.att.heads(h), k, v)
+        x = x + self.att.attend(q, k, v)
         x = x + self.cross_attend(self.n2(x), cross_kv, cross_mask)
         return x + self.ff(self.n3(x)), (k, v)
 
@@ -226,33 +265,65 @@ class Block(nn.Module):
 class NoisyTopKMoE(nn.Module):
     """Eq. 12-13: G(x) = W_g x + ε (ε ~ N(0, 1) while training), softmax over the top-K logits,
     h = Σ_{i∈K} softmax_i · E_i(x). Experts: Linear(d_in, d_moe) → GELU → Linear(d_moe, d_moe).
-    All N experts are evaluated densely (N = 3 is small) and masked by the routing weights."""
+    All N experts are evaluated densely (N = 3 is small) and masked by the routing weights.
+
+    Fused layout (one kernel where the textbook form has N + 1): `w_in` (d_in, N·d_moe + N) holds the
+    N experts' first layers side by side and the gate W_g as its last N columns, so x @ w_in gives
+    every expert's pre-activation and the gate logits in one matmul; the experts' second layers are
+    one batched matmul over `w2` (N, d_moe, d_moe)."""
 
     def __init__(self, d_in: int, d_moe: int, n_experts: int, top_k: int, dropout: float):
         super().__init__()
-        self.top_k = top_k
-        self.gate = nn.Linear(d_in, n_experts, bias=False)
-        self.w1 = nn.Parameter(torch.empty(n_experts, d_in, d_moe))
+        self.top_k, self.n, self.m, self.d_in = top_k, n_experts, d_moe, d_in
+        self.w_in = nn.Parameter(torch.empty(d_in, n_experts * d_moe + n_experts))
         self.b1 = nn.Parameter(torch.zeros(n_experts, d_moe))
         self.w2 = nn.Parameter(torch.empty(n_experts, d_moe, d_moe))
         self.b2 = nn.Parameter(torch.zeros(n_experts, d_moe))
-        nn.init.normal_(self.w1, std=d_in ** -0.5)
+        with torch.no_grad():
+            nn.init.normal_(self.w_in[:, : n_experts * d_moe], std=d_in ** -0.5)
+            nn.init.normal_(self.w_in[:, n_experts * d_moe:], std=0.02)  # the gate, as nn.Linear's init here
         nn.init.normal_(self.w2, std=d_moe ** -0.5)
         self.drop = Dropout(dropout)
 
-    def routing(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.gate(x).float()  # routing in fp32 whatever the autocast (CUDA autocast keeps softmax fp32)
+    def route(self, logits: torch.Tensor) -> torch.Tensor:
+        """Routing weights (..., N) from the gate logits: noise while training (Eq. 12), softmax over
+        the top K (Eq. 13), zero elsewhere. In fp32 whatever the autocast (CUDA autocast keeps
+        softmax in fp32: mixing dtypes in `scatter` fails)."""
+        logits = logits.float()
         if self.training:
             logits = logits + torch.randn_like(logits)  # Eq. 12
         top = logits.topk(self.top_k, dim=-1)
         w = torch.softmax(top.values, dim=-1)  # Eq. 13: normalised over the selected experts
         return torch.zeros_like(logits).scatter(-1, top.indices, w)
 
+    def routing(self, x: torch.Tensor) -> torch.Tensor:
+        """The routing weights of x (..., d_in) alone (the gate columns of `w_in`)."""
+        return self.route(x @ self.w_in[:, self.n * self.m:])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.routing(x)  # (..., N)
-        h = F.gelu(torch.einsum("...d,ndm->...nm", x, self.w1) + self.b1)
+        y = x @ self.w_in  # every expert's first layer and the gate: one matmul
+        nm = self.n * self.m
+        w = self.route(y[..., nm:])  # (..., N)
+        h = F.gelu(y[..., :nm].unflatten(-1, (self.n, self.m)) + self.b1)  # (..., N, d_moe)
         h = torch.einsum("...nm,nmk->...nk", self.drop(h), self.w2) + self.b2
         return (w[..., None] * h).sum(-2)
+
+
+class DepthProjection(nn.Module):
+    """φ^(l) of Eq. 11 for every depth l at once: Linear(d_in, d_out) then LayerNorm, with each depth
+    its own weights, as one matmul (x @ W for W = the L depths' weights side by side) and one
+    normalisation; out (..., L, d_out)."""
+
+    def __init__(self, d_in: int, d_out: int, levels: int):
+        super().__init__()
+        self.L, self.d = levels, d_out
+        self.proj = nn.Linear(d_in, levels * d_out)
+        self.ln_weight = nn.Parameter(torch.ones(levels, d_out))
+        self.ln_bias = nn.Parameter(torch.zeros(levels, d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(x).unflatten(-1, (self.L, self.d))
+        return F.layer_norm(y, (self.d,)) * self.ln_weight + self.ln_bias
 
 
 class DynamicSemanticIntegration(nn.Module):
@@ -262,10 +333,8 @@ class DynamicSemanticIntegration(nn.Module):
     def __init__(self, cfg: RecConfig):
         super().__init__()
         L = cfg.levels
-        self.cont = nn.ModuleList(nn.Sequential(nn.Linear(cfg.d_cont, cfg.d_cont_proj), nn.LayerNorm(cfg.d_cont_proj))
-                                  for _ in range(L))
-        self.col = nn.ModuleList(nn.Sequential(nn.Linear(cfg.d_collab, cfg.d_collab_proj), nn.LayerNorm(cfg.d_collab_proj))
-                                 for _ in range(L))
+        self.cont = DepthProjection(cfg.d_cont, cfg.d_cont_proj, L)
+        self.col = DepthProjection(cfg.d_collab, cfg.d_collab_proj, L)
         d_x = cfg.d_model + cfg.d_cont_proj + cfg.d_collab_proj + cfg.d_cb
         self.moe = NoisyTopKMoE(d_x, cfg.d_moe, cfg.n_experts, cfg.top_k, cfg.dropout)
         self.out = nn.Linear(cfg.d_moe, cfg.d_model)
@@ -277,8 +346,7 @@ class DynamicSemanticIntegration(nn.Module):
 
     def forward(self, e_id, e_cont, e_collab, q):
         """e_id: (B, H, L, d_model); e_cont: (B, H, d_cont); e_collab: (B, H, d_collab); q: (B, H, L, d_cb)."""
-        cont = torch.stack([p(e_cont) for p in self.cont], dim=2)  # depth-specific projections (Eq. 11)
-        col = torch.stack([p(e_collab) for p in self.col], dim=2)
+        cont, col = self.cont(e_cont), self.col(e_collab)  # depth-specific projections (Eq. 11): (B, H, L, ·)
         x = torch.cat([e_id, cont.to(e_id.dtype), col.to(e_id.dtype), q.to(e_id.dtype)], dim=-1)
         return e_id + self.eta * self.out(self.moe(x))  # Eq. 14
 
@@ -311,26 +379,60 @@ class InputEmbedding(nn.Module):
 
 
 def generation_loss(logits: torch.Tensor, target: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """Eq. 17: −Σ_l log softmax(w_j·o_l / τ_gen(N_l)) over the full level-l vocabulary.
-    logits (B, L, K), target (B, L), tau (B, L). Mean over the batch, sum over levels."""
+    """Eq. 17 per sample: −Σ_l log softmax(w_j·o_l / τ_gen(N_l)) over the full level-l vocabulary.
+    logits (B, L, K), target (B, L), tau (B, L) -> (B,) (summed over levels)."""
     scaled = logits.float() / tau[..., None]
-    return F.cross_entropy(scaled.flatten(0, 1), target.flatten(), reduction="sum") / len(target)
+    return F.cross_entropy(scaled.flatten(0, 1), target.flatten(), reduction="none").view(target.shape).sum(1)
 
 
-def ssa_loss(o: torch.Tensor, q_tgt: torch.Tensor, tags: torch.Tensor, reg: nn.ModuleList,
-             cls: nn.ModuleList) -> torch.Tensor:
-    """Eq. 15: Σ_l ‖φ_reg^(l)(o_l) − q_l^tgt‖² + CE(φ_cls^(l)(o_l), t_l^tgt); tags −1 (missing) masked.
-    o (B, L, d), q_tgt (B, L, d_cb), tags (B, L). Mean over the batch."""
-    B = len(o)
-    total = o.new_zeros((), dtype=torch.float32)
-    for l in range(o.shape[1]):
-        total = total + (reg[l](o[:, l]).float() - q_tgt[:, l]).pow(2).sum(-1).mean()
-        # missing tags (-1) are ignored; no boolean indexing, so no host sync per step
-        total = total + F.cross_entropy(cls[l](o[:, l]).float(), tags[:, l], ignore_index=-1, reduction="sum") / B
-    return total
+class SSAHead(nn.Module):
+    """Eq. 15's per-level heads as one batched matmul: level l's regressor φ_reg^(l) (d → d_cb) and tag
+    classifier φ_cls^(l) (d → |T_l|) are the columns of `weight[l]` (d, d_cb + max_l |T_l|); a level's
+    tag columns beyond its own |T_l| are masked to −inf, so its softmax is over its own tags only."""
+
+    def __init__(self, d_model: int, d_cb: int, n_tags: tuple[int, ...]):
+        super().__init__()
+        self.d_cb = d_cb
+        n_tags = tuple(max(n, 1) for n in n_tags)
+        width = d_cb + max(n_tags)
+        self.weight = nn.Parameter(torch.randn(len(n_tags), d_model, width) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(len(n_tags), width))
+        mask = torch.zeros(len(n_tags), max(n_tags))
+        for l, n in enumerate(n_tags):
+            mask[l, n:] = float("-inf")
+        self.register_buffer("tag_mask", mask, persistent=False)
+
+    def forward(self, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """o (B, L, d) -> the regressions (B, L, d_cb) and the masked tag logits (B, L, max |T_l|), fp32."""
+        y = (torch.einsum("bld,ldk->blk", o, self.weight.to(o.dtype)) + self.bias.to(o.dtype)).float()
+        return y[..., : self.d_cb], y[..., self.d_cb:] + self.tag_mask
+
+
+def ssa_loss(reg: torch.Tensor, tag_logits: torch.Tensor, q_tgt: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+    """Eq. 15 per sample: Σ_l ‖φ_reg^(l)(o_l) − q_l^tgt‖² + CE(φ_cls^(l)(o_l), t_l^tgt); missing tags (−1)
+    add no CE. reg (B, L, d_cb), tag_logits (B, L, T), q_tgt (B, L, d_cb), tags (B, L) -> (B,)."""
+    mse = (reg - q_tgt).pow(2).sum((1, 2))
+    ce = F.cross_entropy(tag_logits.flatten(0, 1), tags.flatten(), ignore_index=-1, reduction="none")
+    return mse + ce.view(tags.shape).sum(1)
+
+
+def batch_mean(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-sample losses over the batch; with `weight` (B,) in {0, 1} over the rows weighted 1
+    (the padding rows of a fixed-shape batch, a causal window's untrained slots), with no host sync."""
+    if weight is None:
+        return per_sample.sum() / len(per_sample)
+    return (per_sample * weight).sum() / weight.sum().clamp(min=1)
 
 
 # ------------------------------------------------------------------------- the model
+
+
+def additive_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean attention mask (True = may attend) as the additive bias SDPA would make of it (0 or
+    −inf); a float mask (already a bias) as it is."""
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
 class PrismRecommender(nn.Module):
@@ -360,9 +462,9 @@ class PrismRecommender(nn.Module):
                 raise ParamError("recommender.recency_bias needs recommender.encoder: causal")
             self.cross_bias = nn.Parameter(torch.zeros(cfg.n_heads, cfg.max_len))  # 0: starts as no bias
         if cfg.ssa:
-            self.ssa_reg = nn.ModuleList(nn.Linear(cfg.d_model, cfg.d_cb) for _ in range(L))
-            self.ssa_cls = nn.ModuleList(nn.Linear(cfg.d_model, max(n, 1)) for n in cfg.n_tags)
+            self.ssa_head = SSAHead(cfg.d_model, cfg.d_cb, cfg.n_tags or (1,) * L)
         self.apply(self._init)
+        self.register_load_state_dict_pre_hook(_legacy_layout_hook)  # models saved before the fused layout
 
     @staticmethod
     def _init(m):
@@ -402,6 +504,8 @@ class PrismRecommender(nn.Module):
             mask = (it[None, :] <= it[:, None])[None, None]  # right padding never precedes a real item
         else:
             mask = ~mem_pad[:, None, None, :]
+        if self._written_out_attention(x):
+            mask = additive_mask(mask)  # once for all layers (the written-out attention adds it)
         for blk in self.encoder:
             x = blk(x, mask)
         return self.enc_norm(x), mem_pad
@@ -424,9 +528,18 @@ class PrismRecommender(nn.Module):
         x = self.drop(self.embed.tok(self._dec_tokens(prefix)) + self.dec_pos.weight[: t + 1])
         if cross_mask is None:
             cross_mask = self.memory_mask(mem_pad)
+        self_mask = None  # causal
+        if self._written_out_attention(x):  # the masks as additive biases, once for all layers
+            self_mask = additive_mask(torch.ones(t + 1, t + 1, dtype=torch.bool, device=x.device).tril())
+            cross_mask = additive_mask(cross_mask)
         for blk in self.decoder:
-            x = blk(x, None, True, blk.cross.keys_values(memory), cross_mask)
+            x = blk(x, self_mask, self_mask is None, blk.cross.keys_values(memory), cross_mask)
         return self.dec_norm(x)
+
+    def _written_out_attention(self, x: torch.Tensor) -> bool:
+        """Whether attention takes `Attention.attend`'s written-out path (CPU training, eager)."""
+        return (self.training and self.cfg.dropout > 0 and x.device.type == "cpu"
+                and not torch.compiler.is_compiling())
 
     def memory_mask(self, mem_pad: torch.Tensor, slot: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-attention mask of the decoder over the memory (B, T·L): every real memory token
@@ -493,7 +606,8 @@ class PrismRecommender(nn.Module):
     def _window_states(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefix-parallel teacher forcing (causal encoder): one encoder pass per window; target
         slot j (the item after history position j) attends only to the memory of items 0..j.
-        Returns o (M, L, d) and the target items (M,) of the M trained slots."""
+        Returns o (B·T, L, d) and the target items (B·T,) of every slot; `tmask` says which are trained
+        (a weight in the loss: no boolean indexing, so the shapes stay static and nothing syncs)."""
         memory, mem_pad = self.encode(batch["hist"], batch["pad"], batch["dt"])
         tgt = batch["target"]
         B, T = tgt.shape
@@ -501,27 +615,68 @@ class PrismRecommender(nn.Module):
         codes = self.item_codes[tgt]  # (B, T, L)
         slot = torch.arange(T * L, device=tgt.device) // L  # decoder query token -> target slot
         o = self.decode(codes[:, :, :-1].reshape(B * T, L - 1), memory, mem_pad, self.memory_mask(mem_pad, slot))
-        sel = batch["tmask"].reshape(-1)
-        return o[sel], tgt.reshape(-1)[sel]
+        return o, tgt.reshape(-1)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_isr = L_gen + γ L_ssa (Eq. 18), mean over the batch's (history, target item) samples:
-        one per row (bidirectional) or every trained slot of every window (causal, `tmask` in the
-        batch). The parts come back detached, on the device (no host sync per step)."""
+        one per row (bidirectional; rows of `weight` 0, the padding of a fixed-shape batch, excluded)
+        or every trained slot of every window (causal: `tmask` in the batch). The parts come back
+        detached, on the device (no host sync per step)."""
         if "tmask" in batch:
             o, tgt = self._window_states(batch)
+            weight = batch["tmask"].reshape(-1).to(torch.float32)
         else:
             memory, mem_pad = self.encode(batch["hist"], batch["pad"], batch["dt"])
             tgt = batch["target"]
             o = self.decode(self.item_codes[tgt][:, :-1], memory, mem_pad)  # teacher forcing: (B, L, d)
+            weight = batch.get("weight")
         codes = self.item_codes[tgt]
         tau = self.temperature(self.n_children[tgt])
-        l_gen = generation_loss(self.logits(o), codes, tau)
+        l_gen = batch_mean(generation_loss(self.logits(o), codes, tau), weight)
         parts = {"gen": l_gen}
         total = l_gen
         if self.cfg.ssa:
-            l_ssa = ssa_loss(o, self.item_q[tgt], self.item_tags[tgt], self.ssa_reg, self.ssa_cls)
+            l_ssa = batch_mean(ssa_loss(*self.ssa_head(o), self.item_q[tgt], self.item_tags[tgt]), weight)
             parts["ssa"] = l_ssa
             total = total + self.cfg.gamma * l_ssa
         parts["total"] = total
         return total, {k: v.detach() for k, v in parts.items()}
+
+
+def legacy_state_dict(sd: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """A state dict of the layout before the fused modules (separate q/kv self-attention projections,
+    per-depth DSI projections, the MoE gate and first layers apart, per-level SSA heads) mapped to
+    today's layout: the same function, the same numbers, rearranged. Keys of today's layout pass through."""
+    sd = dict(sd)
+    for key in [k for k in sd if k.endswith(".att.q.weight") and k.startswith(prefix)]:
+        base = key[: -len("q.weight")]
+        sd[base + "qkv.weight"] = torch.cat([sd.pop(key), sd.pop(base + "kv.weight")], 0)
+    for part in ("cont", "col"):
+        base = f"{prefix}dsi.{part}."
+        if base + "0.0.weight" in sd:
+            n = 1 + max(int(k[len(base):].split(".")[0]) for k in sd if k.startswith(base))
+            sd[base + "proj.weight"] = torch.cat([sd.pop(f"{base}{l}.0.weight") for l in range(n)], 0)
+            sd[base + "proj.bias"] = torch.cat([sd.pop(f"{base}{l}.0.bias") for l in range(n)], 0)
+            sd[base + "ln_weight"] = torch.stack([sd.pop(f"{base}{l}.1.weight") for l in range(n)])
+            sd[base + "ln_bias"] = torch.stack([sd.pop(f"{base}{l}.1.bias") for l in range(n)])
+    moe = f"{prefix}dsi.moe."
+    if moe + "gate.weight" in sd:
+        w1 = sd.pop(moe + "w1")  # (N, d_in, d_moe)
+        n, d_in, m = w1.shape
+        sd[moe + "w_in"] = torch.cat([w1.permute(1, 0, 2).reshape(d_in, n * m), sd.pop(moe + "gate.weight").t()], 1)
+    if f"{prefix}ssa_reg.0.weight" in sd:
+        n = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith(prefix + "ssa_reg."))
+        reg = [(sd.pop(f"{prefix}ssa_reg.{l}.weight"), sd.pop(f"{prefix}ssa_reg.{l}.bias")) for l in range(n)]
+        cls = [(sd.pop(f"{prefix}ssa_cls.{l}.weight"), sd.pop(f"{prefix}ssa_cls.{l}.bias")) for l in range(n)]
+        t = max(w.shape[0] for w, _ in cls)
+        pad = lambda x: F.pad(x, (0, t - x.shape[-1]))  # noqa: E731  (masked columns: zeros)
+        sd[prefix + "ssa_head.weight"] = torch.stack([torch.cat([rw.t(), pad(cw.t())], 1) for (rw, _), (cw, _) in zip(reg, cls)])
+        sd[prefix + "ssa_head.bias"] = torch.stack([torch.cat([rb, pad(cb)]) for (_, rb), (_, cb) in zip(reg, cls)])
+    return sd
+
+
+def _legacy_layout_hook(module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook: older models (and checkpoints) load into the fused layout."""
+    new = legacy_state_dict(state_dict, prefix)
+    state_dict.clear()
+    state_dict.update(new)

@@ -19,6 +19,7 @@ batches (same order) before the next epoch starts.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from pipeline.amp import AmpChoice, autocast, resolve_amp, resolve_decode_amp
 from pipeline.progress import progress as progress_bar
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.evaluate import evaluate_split
+from pipeline.recommender.model import dropout_stream
 from pipeline.recommender.seqdata import SeqData, Windows, epoch_batches, window_batches
 from pipeline.utils import ParamError, load_torch, log, write_torch
 
@@ -139,14 +141,32 @@ def train_step(model, opt, batch: dict[str, torch.Tensor], device: str, amp: Amp
     fn = net if net is not None else (loss_fn or model.loss)
     if loss_fn is not None and torch.device(device).type == "cuda":
         torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's graph outputs may be reused
-    with autocast(device, amp):
+    eager_cpu = loss_fn is None and torch.device(device).type == "cpu"
+    with autocast(device, amp), (dropout_stream() if eager_cpu else contextlib.nullcontext()):
         loss, parts = fn(batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if grad_clip > 0:  # one foreach norm over all gradients, no host sync
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
     opt.step()
     return parts
+
+
+def make_optimizer(model, lr: float, device: str) -> torch.optim.Adam:
+    """Adam (§4.1), fused (one kernel for all parameters instead of a dozen per tensor: issue 20; on the
+    CPU too), its learning rate a tensor on the device that `set_lr` fills in place each step (no Python
+    float per step in `param_groups`; a CUDA graph of the step would read it). Same update rule as the
+    per-tensor Adam, so checkpoints move between devices."""
+    return torch.optim.Adam(model.parameters(), lr=torch.tensor(float(lr), device=device), fused=True)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float, device: str | None = None) -> None:
+    """The learning rate of every group, in place; a float `lr` of a loaded checkpoint becomes a tensor."""
+    for g in opt.param_groups:
+        if isinstance(g["lr"], torch.Tensor):
+            g["lr"].fill_(lr)
+        else:
+            g["lr"] = torch.tensor(float(lr), device=device or g["params"][0].device)
 
 
 def valid_users(setting: int | str, device: str) -> int:
@@ -233,9 +253,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
     n_valid = valid_users(cfg.valid_users, device)
     if n_valid and n_valid < len(valid):
         vidx = np.sort(vrng.choice(len(valid), n_valid, replace=False))
-    # fused Adam on CUDA: one kernel for all parameters instead of a few per tensor (issue 9: the step
-    # is launch bound there); the same update rule, so checkpoints move between devices
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=torch.device(device).type == "cuda")
+    opt = make_optimizer(model, cfg.lr, device)
     use_compile, compile_reason = resolve_compile(cfg.compile, device, model.cfg.causal)
     if use_compile and net is not None:
         use_compile, compile_reason = False, "not used under torchrun (DDP)"
@@ -257,8 +275,9 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
         if ck.get("fingerprint") == fingerprint:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
-            for group in opt.param_groups:  # a checkpoint from another device carries its own `fused` flag
-                group["fused"] = torch.device(device).type == "cuda"
+            for group in opt.param_groups:  # a checkpoint of an older version: per-tensor Adam, a float lr
+                group["fused"], group["foreach"] = True, None
+                group["lr"] = torch.tensor(float(group["lr"]), device=device)
             rng.bit_generator.state = ck["numpy_rng"]
             ranks = ck.get("rank_rng") or [(ck["torch_rng"], ck.get("cuda_rng"))]
             trng, crng = ranks[dd.rank()] if len(ranks) == dd.world() else ranks[0]
@@ -308,8 +327,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
                     state["partial"] = {"rng": epoch_rng, "steps": done + j, "sums": sums, "n_seen": n_seen}
                     break
             f = lr_factor(cfg, state["step"], total_steps, elapsed, budget_s)
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * f
+            set_lr(opt, cfg.lr * f)
             batch, n = make_batch(train, idx, model, device, buckets)
             try:
                 parts = train_step(model, opt, batch, device, amp, cfg.grad_clip, net, loss_fn)
@@ -343,7 +361,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
         row = {"epoch": epoch, "fraction": round(n_seen / total, 4),
                **{f"train_{k}": float(v) / max(n_seen, 1) for k, v in sums.items()},
                **{f"valid_{k}": v for k, v in metrics.items()},
-               "lr": opt.param_groups[0]["lr"], "train_s": round(train_s, 1),
+               "lr": float(opt.param_groups[0]["lr"]), "train_s": round(train_s, 1),
                "samples_per_s": round((n_seen - n_epoch) / max(train_s, 1e-9), 1),
                "valid_s": round(clock() - t1, 1)}
         if model.dsi is not None:
