@@ -9,6 +9,8 @@ Usage: python bench/recommender_throughput.py [DATA_ROOT] [--steps N] [--users N
        -S recommender.compile=true [-S recommender.length_buckets=[20]] [--compile-backend aot_eager]:
        the training step through torch.compile (CUDA graphs on CUDA); its warm-up is reported, not timed
        --profile N: torch.profiler over N further training steps, the top ops printed (lines `profile ...`)
+       --dispatch: aten ops per training step (dispatch-mode counter) and host ms per step at d_model 8,
+       eager and compiled (lines `dispatch ...`; CPU, fp32)
 DATA_ROOT holds processed/, features/, collab/item_emb.npy and sid/ (default: the repo's own
 data/ and models/ after `dvc repro`). Params come from params.yaml plus the -S overrides.
 """
@@ -16,12 +18,14 @@ data/ and models/ after `dvc repro`). Params come from params.yaml plus the -S o
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.amp import cpu_capability, resolve_amp, resolve_decode_amp  # noqa: E402
@@ -30,9 +34,9 @@ from pipeline.recommender.assets import build_model, load_assets, model_config  
 from pipeline.recommender.beam import TrieIndex  # noqa: E402
 from pipeline.recommender.evaluate import batch1_latency_ms, decode_batch, rank  # noqa: E402
 from pipeline.recommender.evaluate import sync_device as sync
-from pipeline.recommender.seqdata import SeqData, Windows, padded_width  # noqa: E402
-from pipeline.recommender.train import (FitConfig, compiled_loss, epoch_plan, length_buckets,  # noqa: E402
-                                        make_batch, make_optimizer, n_samples, resolve_compile, train_step)
+from pipeline.recommender.seqdata import DeviceSamples, SeqData, Windows  # noqa: E402
+from pipeline.recommender.train import (FitConfig, compiled_loss, epoch_plan, make_optimizer,  # noqa: E402
+                                        n_samples, train_step, training_shapes)
 
 
 def machine() -> str:
@@ -61,11 +65,92 @@ def profile_steps(device: str, batches, run_steps) -> None:
         sync(device)
     wall = (time.perf_counter() - t0) / max(len(batches), 1)
     print(f"profile: {len(batches)} steps, {wall * 1e3:.2f} ms/step under the profiler")
+    if len(acts) > 1:  # kernels launched per step (CUDA kernel events; a CUDA graph replays its kernels)
+        from torch.autograd import DeviceType
+
+        kernels = sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+        print(f"profile: {kernels / max(len(batches), 1):,.0f} CUDA kernels/step")
     keys = ["self_cpu_time_total"] + (["self_cuda_time_total"] if len(acts) > 1 else [])
     for key in keys:
         table = prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=48)
         for ln in table.splitlines():
             print(f"profile [{key}] {ln}")
+
+
+def training_data(a, cfg, p):
+    if cfg.causal:
+        return Windows.from_train(a.train, cfg.max_len, p["recommender.causal_stride"])
+    return SeqData.from_train(a.train, cfg.max_len)
+
+
+def epoch_on_device(train, cfg, batch_size: int, buckets: tuple[int, ...], device: str):
+    """The first epoch's plan and the samples on the device, as `fit` makes them."""
+    data = DeviceSamples(train, cfg.time_buckets, device)
+    return data.upload(epoch_plan(train, batch_size, np.random.default_rng(0), True, buckets), bool(buckets)), data
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched (below autograd: forward, backward and optimizer ops alike)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+# tiny dimensions: a step's cost is then the dispatch of its ops, not their arithmetic
+TINY = ["recommender.d_model=8", "recommender.d_ff=16", "recommender.n_heads=2", "recommender.d_head=4",
+        "recommender.d_cont_proj=8", "recommender.d_collab_proj=8", "d_moe=8"]
+
+
+def dispatch_bench(a, sets: list[str], steps: int, backend: str) -> None:
+    """Issue 20's launch-count figure, on the CPU in fp32: aten ops per training step (one steady step under
+    a dispatch-mode counter: batch gather, forward, backward, clipping, Adam) and host ms per step at tiny
+    dims (d_model 8: pure dispatch cost), eager and compiled (`default` mode), both on fixed-shape batches
+    (histories padded to max_len)."""
+    torch.manual_seed(0)
+    for mode in ("off", "default"):
+        q = load_params("params.yaml", [*sets, *TINY, f"recommender.compile={mode}"])
+        # both fixed-shape (histories padded to max_len), so that the two differ only in how they dispatch
+        q = load_params("params.yaml", [*sets, *TINY, f"recommender.compile={mode}",
+                                        f"recommender.length_buckets=[{q['preprocess.max_seq_len']}]"])
+        cfg = model_config(q, a)
+        model = build_model(cfg, a)
+        train = training_data(a, cfg, q)
+        fcfg = FitConfig(compile=mode, length_buckets=q["recommender.length_buckets"])
+        mode_, _, buckets = training_shapes(fcfg, cfg, "cpu")
+        plan, data = epoch_on_device(train, cfg, q["recommender.batch_size"], buckets, "cpu")
+        loss_fn = compiled_loss(model, "cpu", backend, mode=mode_) if mode_ else None
+        opt = make_optimizer(model, 5e-4, "cpu")
+        model.train()
+        full = [j for j, b in enumerate(plan.batches) if b.samples >= q["recommender.batch_size"] * 0.9] or [0]
+
+        def step(j):
+            batch, _ = data.batch(plan, j)
+            train_step(model, opt, batch, "cpu", "off", 1.0, None, loss_fn)
+
+        t0 = time.perf_counter()
+        for j in full[:3]:
+            step(j)
+        warm = time.perf_counter() - t0
+        counter = OpCounter()
+        if loss_fn is None:
+            with counter:
+                step(full[3 % len(full)])
+        t0 = time.perf_counter()
+        k = 0
+        for i in range(steps):
+            step(full[(4 + i) % len(full)])
+            k += 1
+        ms = (time.perf_counter() - t0) / k * 1e3
+        ops = sum(counter.ops.values())
+        top = ", ".join(f"{n} {c}" for n, c in counter.ops.most_common(6))
+        print(f"dispatch {cfg.encoder} d_model {cfg.d_model} compile {mode_ or 'off'}{' (' + backend + ')' if mode_ else ''}: "
+              + (f"{ops:,} aten ops/step ({top}), " if ops else "")
+              + f"{ms:.2f} host ms/step (fp32, batch {q['recommender.batch_size']}, {k} steps; warm-up {warm:.1f} s)")
 
 
 def bench(device: str, a, p, steps: int, users: int, amp_arg: str, backend: str = "inductor",
@@ -75,50 +160,47 @@ def bench(device: str, a, p, steps: int, users: int, amp_arg: str, backend: str 
     amp = resolve_amp(amp_arg, device)
     print(f"{device}: amp={amp_arg} -> {amp.mode} ({amp.reason}); encoder {cfg.encoder}")
     model = build_model(cfg, a).to(device)
-    if cfg.causal:
-        train = Windows.from_train(a.train, cfg.max_len, p["recommender.causal_stride"])
-    else:
-        train = SeqData.from_train(a.train, cfg.max_len)
-    batches = epoch_plan(train, p["recommender.batch_size"], np.random.default_rng(0), True)
+    train = training_data(a, cfg, p)
     opt = make_optimizer(model, 5e-4, device)
     fcfg = FitConfig(compile=p["recommender.compile"], length_buckets=p["recommender.length_buckets"])
-    compiled, why = resolve_compile(fcfg.compile, device, cfg.causal)
-    buckets = length_buckets(fcfg, cfg.max_len, compiled)
-    loss_fn = compiled_loss(model, device, backend) if compiled else None
-    print(f"{device}: compile {'on' if compiled else 'off'} ({why})")
+    mode, why, buckets = training_shapes(fcfg, cfg, device)
+    plan, data = epoch_on_device(train, cfg, p["recommender.batch_size"], buckets, device)
+    loss_fn = compiled_loss(model, device, backend, mode=mode) if mode else None
+    compiled = loss_fn is not None
+    print(f"{device}: compile {mode or 'off'} ({why}); {'fixed-shape batches, lengths ' + str(buckets) if buckets else 'batches padded to their longest'}")
     model.train()
 
-    def run_steps(idxs) -> int:
-        """Training steps on these batches; the samples they hold."""
+    def run_steps(js) -> int:
+        """Training steps j of the epoch plan; the samples they hold."""
         n = 0
-        for idx in idxs:
-            batch, k = make_batch(train, idx, model, device, buckets)
+        for j in js:
+            batch, k = data.batch(plan, j)
             train_step(model, opt, batch, device, amp, 1.0, None, loss_fn)
             n += k
         return n
 
-    # warm-up: 3 steps, and with compile one batch of every (batch size, padded length) shape of the
-    # epoch, so that compilation and CUDA-graph recording are not timed
-    warm = list(batches[:3])
-    if compiled and not cfg.causal:
+    # warm-up: 3 steps, and with compile one batch of every shape of the epoch, so that compilation and
+    # CUDA-graph recording are not timed
+    warm = [0, 1, 2]
+    if compiled:
         seen = set()
-        for idx in batches:
-            key = (len(idx), padded_width(int(train.lengths[idx].max()), buckets))
-            if key not in seen:
-                seen.add(key)
-                warm.append(idx)
+        for j, b in enumerate(plan.batches):
+            if (len(b.rows), b.width) not in seen:
+                seen.add((len(b.rows), b.width))
+                warm.append(j)
     t0 = time.perf_counter()
     run_steps(warm)
     sync(device)
     if compiled:
         print(f"{device}: torch.compile ({backend}) warm-up {len(warm)} steps ({len(warm) - 3} shapes, buckets {buckets}): "
               f"{time.perf_counter() - t0:.1f} s")
+    timed = range(3, min(steps + 3, len(plan)))
     t0 = time.perf_counter()
-    n = run_steps(batches[3: steps + 3])
+    n = run_steps(timed)
     sync(device)
     sps = n / (time.perf_counter() - t0)
     if profile:
-        profile_steps(device, batches[steps + 3: steps + 3 + profile], run_steps)
+        profile_steps(device, range(timed.stop, min(timed.stop + profile, len(plan))), run_steps)
     total = n_samples(train)
     epoch_min = total / sps / 60
     print(f"{device} {cfg.encoder} amp={amp.mode}{' compiled' if compiled else ''}: train {sps:,.0f} samples/s "
@@ -153,6 +235,9 @@ def main() -> None:
     ap.add_argument("--devices", default="all", help="all (CPU, then CUDA when present) | cpu | cuda")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="after the timed steps, torch.profiler over N more training steps (top ops printed)")
+    ap.add_argument("--dispatch", action="store_true",
+                    help="only the dispatch figures: aten ops and host ms per training step at d_model 8, eager "
+                         "and compiled (CPU, fp32)")
     ap.add_argument("--compile-backend", default="inductor",
                     help="with -S recommender.compile=true: the dynamo backend (aot_eager: no C++/Triton build)")
     args = ap.parse_args()
@@ -163,6 +248,9 @@ def main() -> None:
     else:
         a = load_assets(Path("data/processed"), Path("data/features"), Path("models/collab"), Path("data/sid"))
     print(f"machine: {machine()}")
+    if args.dispatch:
+        dispatch_bench(a, args.set, args.steps, args.compile_backend)
+        return
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.devices != "all":
         devices = [args.devices]

@@ -184,7 +184,8 @@ SPEC: dict[str, Rule] = {
     "recommender.grad_clip": NONNEG,
     "recommender.valid_users": Either(AUTO, COUNT),
     "recommender.bucket": BOOL,
-    "recommender.compile": Either(AUTO, BOOL),
+    "recommender.compile": Either(Choice("auto", "off", "default", "reduce-overhead"), BOOL),
+    "recommender.deterministic": Either(AUTO, BOOL),
     "recommender.length_buckets": Either(AUTO, ListOf(POS, unique=True)),
     "recommender.amp": Choice("auto", "bf16", "off"),
     "recommender.beam_size": Int(20, 4096),  # >= the largest K of validation (20)

@@ -14,7 +14,8 @@ from pipeline.config import Params
 from pipeline.recommender.assets import build_model, load_assets, model_config
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.seqdata import SeqData, Windows
-from pipeline.recommender.train import PAPER_BATCH, FitConfig, fit, n_samples, scale_for_batch, steps_per_epoch
+from pipeline.recommender.train import (PAPER_BATCH, FitConfig, fit, n_samples, scale_for_batch, steps_per_epoch,
+                                        training_shapes)
 from pipeline.utils import atomic_path, log, resolve_device, seed_everything, write_json, write_torch
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
@@ -24,7 +25,7 @@ from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID
 # values is resumed): the stopping rules, speed switches with the same math, the device (checkpoints
 # move between devices) and the validation decoding batch (rankings do not depend on it)
 RESUME_SAFE = frozenset({"recommender.time_budget_min", "recommender.patience", "recommender.compile",
-                         "recommender.length_buckets", "recommender.eval_batch", "device"})
+                         "recommender.eval_batch", "recommender.deterministic", "device"})
 
 
 def resume_fingerprint(p: Params, derived: list) -> str:
@@ -86,7 +87,8 @@ def _train(p, device, data, features, collab, sid, out, ckpt, metrics, curve):
     if p["dataset"] == "synthetic":
         # the paper's 1,000 warmup steps are about one Beauty epoch; on the synthetic set they would
         # outlast the whole capped run (the rate would never decay): warm up for synthetic.warmup_epochs
-        warm = max(1, round(p["synthetic.warmup_epochs"] * steps_per_epoch(train, fcfg)))
+        buckets = training_shapes(fcfg, cfg, device)[2]
+        warm = max(1, round(p["synthetic.warmup_epochs"] * steps_per_epoch(train, fcfg, buckets)))
         if warm < fcfg.warmup_steps:
             log.info("train: synthetic data: warmup %d steps (synthetic.warmup_epochs = %s)", warm,
                      p["synthetic.warmup_epochs"])

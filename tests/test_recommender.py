@@ -587,6 +587,7 @@ def test_length_buckets_pad_to_a_few_shapes_without_changing_the_loss(world):
     assert padded_width(3, (2, 4, 5)) == 4 and padded_width(5, (2, 4, 5)) == 5 and padded_width(3, ()) == 3
     assert length_buckets(FitConfig(), 20) == ()  # auto without compile: the batch's longest, as before
     assert length_buckets(FitConfig(compile=True), 20) == (20,)  # compiled: one static length
+    assert length_buckets(FitConfig(compile="default"), 20) == (20,)
     assert length_buckets(FitConfig(), 20, compiled=True) == (20,)  # `auto` resolved to on
     assert length_buckets(FitConfig(length_buckets=[10, 4]), 20) == (4, 10)
     with pytest.raises(ValueError, match="length_buckets"):
@@ -626,8 +627,8 @@ def test_compiled_training_follows_the_eager_run(world, monkeypatch):
     from pipeline.recommender import train as tr
 
     _, trie, _, train, held = world
-    monkeypatch.setattr(tr, "compiled_loss", lambda model, device: torch.compile(model.loss, backend="aot_eager",
-                                                                                dynamic=False))
+    monkeypatch.setattr(tr, "compiled_loss", lambda model, device, **kw: torch.compile(model.loss, backend="aot_eager",
+                                                                                      dynamic=False))
     runs = []
     for comp in (False, True):
         torch._dynamo.reset()
@@ -640,16 +641,34 @@ def test_compiled_training_follows_the_eager_run(world, monkeypatch):
         assert comp["valid_ndcg@20"] == pytest.approx(eager["valid_ndcg@20"], abs=1e-6)
 
 
-def test_compile_auto_is_on_for_cuda_bidirectional_only():
+def test_compile_modes_resolve_per_device():
+    """`recommender.compile`: auto = reduce-overhead (CUDA graphs) for a bidirectional model on CUDA, off
+    elsewhere; explicit modes as given (reduce-overhead needs CUDA: default mode on a CPU); true/false
+    (older params) = the device's compiled mode / off; anything else is an error."""
     from pipeline.recommender.train import resolve_compile
 
-    assert resolve_compile("auto", "cuda", causal=False)[0] is True
-    assert resolve_compile("auto", "cuda:1", causal=False)[0] is True
-    assert resolve_compile("auto", "cpu", causal=False) == (False, "auto: off on CPU (no gain there)")
-    assert resolve_compile("auto", "cuda", causal=True)[0] is False
-    assert resolve_compile(True, "cpu", causal=True)[0] is True and resolve_compile(False, "cuda", False)[0] is False
-    with pytest.raises(ValueError, match="recommender.compile"):
-        resolve_compile("on", "cuda", causal=False)
+    assert resolve_compile("auto", "cuda", causal=False)[0] == "reduce-overhead"
+    assert resolve_compile("auto", "cuda:1", causal=False)[0] == "reduce-overhead"
+    assert resolve_compile("auto", "cpu", causal=False) == (None, "auto: off on CPU (no gain there)")
+    assert resolve_compile("auto", "cuda", causal=True)[0] is None
+    assert resolve_compile("default", "cpu", causal=True)[0] == "default"
+    assert resolve_compile("reduce-overhead", "cpu", causal=False)[0] == "default"
+    assert resolve_compile("reduce-overhead", "cuda", causal=True)[0] == "reduce-overhead"
+    assert resolve_compile("off", "cuda", causal=False)[0] is None
+    assert resolve_compile(True, "cpu", causal=True)[0] == "default" and resolve_compile(True, "cuda", False)[0] == "reduce-overhead"
+    assert resolve_compile(False, "cuda", False)[0] is None
+    for bad in ("on", "max-autotune", 1):
+        with pytest.raises(ValueError, match="recommender.compile"):
+            resolve_compile(bad, "cuda", causal=False)
+
+
+def test_deterministic_kernels_auto_is_on_for_cpu_off_for_cuda():
+    from pipeline.recommender.train import resolve_deterministic
+
+    assert resolve_deterministic("auto", "cpu") is True and resolve_deterministic("auto", "cuda:0") is False
+    assert resolve_deterministic(True, "cuda") is True and resolve_deterministic(False, "cpu") is False
+    with pytest.raises(ValueError, match="recommender.deterministic"):
+        resolve_deterministic("yes", "cpu")
 
 
 @pytest.mark.parametrize("setting", ["auto", True])
@@ -661,13 +680,13 @@ def test_compile_auto_falls_back_to_eager_when_the_compiler_fails(world, monkeyp
 
     _, trie, _, train, held = world
 
-    def broken(model, device):
+    def broken(model, device, **kw):
         def fn(batch):
             raise RuntimeError("simulated compiler failure")
         return fn
 
     monkeypatch.setattr(tr, "compiled_loss", broken)
-    monkeypatch.setattr(tr, "resolve_compile", lambda setting, device, causal: (True, "test: on"))
+    monkeypatch.setattr(tr, "resolve_compile", lambda setting, device, causal: ("default", "test: on"))
     cfg = FitConfig(batch_size=16, max_epochs=1, warmup_steps=2, valid_users=0, beam_size=20, amp="off",
                     compile=setting)
     args = (make(world), SeqData.from_train(train, 5), SeqData.from_heldout(held, 5), TrieIndex(trie), cfg, "cpu")

@@ -304,8 +304,10 @@ class NoisyTopKMoE(nn.Module):
         y = x @ self.w_in  # every expert's first layer and the gate: one matmul
         nm = self.n * self.m
         w = self.route(y[..., nm:])  # (..., N)
-        h = F.gelu(y[..., :nm].unflatten(-1, (self.n, self.m)) + self.b1)  # (..., N, d_moe)
-        h = torch.einsum("...nm,nmk->...nk", self.drop(h), self.w2) + self.b2
+        # bias, GELU and dropout on the (..., N·d_moe) block as it comes (strides of a sliced matmul
+        # output; viewed per expert only after, else the compiled backward fails on a view)
+        h = self.drop(F.gelu(y[..., :nm] + self.b1.flatten())).unflatten(-1, (self.n, self.m))
+        h = torch.einsum("...nm,nmk->...nk", h, self.w2) + self.b2  # one batched matmul over the experts
         return (w[..., None] * h).sum(-2)
 
 
@@ -619,12 +621,15 @@ class PrismRecommender(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_isr = L_gen + γ L_ssa (Eq. 18), mean over the batch's (history, target item) samples:
-        one per row (bidirectional; rows of `weight` 0, the padding of a fixed-shape batch, excluded)
-        or every trained slot of every window (causal: `tmask` in the batch). The parts come back
+        one per row (bidirectional) or every trained slot of every window (causal: `tmask` in the
+        batch); rows of `weight` 0 (the padding of a fixed-shape batch) excluded. The parts come back
         detached, on the device (no host sync per step)."""
         if "tmask" in batch:
             o, tgt = self._window_states(batch)
-            weight = batch["tmask"].reshape(-1).to(torch.float32)
+            weight = batch["tmask"].to(torch.float32)
+            if "weight" in batch:  # a fixed-shape batch's padding windows train nothing
+                weight = weight * batch["weight"][:, None]
+            weight = weight.reshape(-1)
         else:
             memory, mem_pad = self.encode(batch["hist"], batch["pad"], batch["dt"])
             tgt = batch["target"]

@@ -217,3 +217,116 @@ def window_batches(w: Windows, batch_size: int, rng: np.random.Generator, bucket
             batches.append(np.asarray(cur))
     order = rng.permutation(len(batches))
     return [batches[i] for i in order]
+
+
+# ------------------------------------------------------------------ training data on the device
+
+
+@dataclass
+class HostBatch:
+    """One step of an epoch plan, on the host: the rows (samples or windows) it takes, padded to a fixed
+    count with copies of its first row when `real` < len(rows) (those rows are weighted 0), the padded
+    history width, and the number of training samples (prefix -> next item pairs) it holds."""
+
+    rows: np.ndarray
+    real: int
+    width: int
+    samples: int
+
+
+def bucket_of(lengths: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
+    """The smallest bucket (`recommender.length_buckets`, ascending) that holds each length; the longest
+    length itself where no bucket does."""
+    b = np.asarray(buckets, dtype=np.int64)
+    at = np.searchsorted(b, lengths)
+    return np.where(at < len(b), b[np.minimum(at, len(b) - 1)], lengths)
+
+
+def static_batches(lengths: np.ndarray, rows_per_width, rng: np.random.Generator, buckets: tuple[int, ...],
+                   targets: np.ndarray | None = None) -> list[HostBatch]:
+    """Fixed-shape batches (issue 20: the few static shapes a compiled step needs): rows are grouped by
+    the length bucket of their history, shuffled within it and cut into batches of
+    `rows_per_width(width)` rows; a bucket's last batch is filled up with copies of its first row,
+    weighted 0 in the loss. The batches are then shuffled. `targets`: samples per row (windows)."""
+    perm = rng.permutation(len(lengths))
+    width = bucket_of(lengths[perm], buckets)
+    out = []
+    for w in np.unique(width):
+        part = perm[width == w]
+        k = rows_per_width(int(w))
+        for i in range(0, len(part), k):
+            rows = part[i:i + k]
+            real = len(rows)
+            samples = int(targets[rows].sum()) if targets is not None else real
+            if real < k:
+                rows = np.concatenate([rows, np.full(k - real, rows[0], dtype=rows.dtype)])
+            out.append(HostBatch(rows, real, int(w), samples))
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+@dataclass
+class EpochPlan:
+    """An epoch's batches uploaded once (one host -> device copy per epoch): all rows, concatenated, and
+    (fixed-shape plans) their loss weights; a step takes a slice of them."""
+
+    rows: torch.Tensor
+    weight: torch.Tensor | None
+    batches: list[HostBatch]
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class DeviceSamples:
+    """The training samples as padded tensors on the device, built once (issue 20): a step gathers its
+    rows by an index slice of the epoch plan, with no host -> device copy and no host sync.
+    `rows` (N, C, W) holds per row the history item ids (−1 = padding), the Δt buckets and, for
+    windows, each slot's target and whether it is trained; `target` (N,) the target of a sample (SeqData)."""
+
+    def __init__(self, train: "SeqData | Windows", n_buckets: int, device: str):
+        self.windows = isinstance(train, Windows)
+        self.lengths = (train.end - train.start - 1) if self.windows else train.lengths  # history widths
+        self.samples = train.n_targets if self.windows else None
+        all_rows = np.arange(len(train))
+        if self.windows:
+            b = train.batch(all_rows, n_buckets)
+            rows = np.stack([b["hist"].numpy(), b["dt"].numpy(), b["target"].numpy(), b["tmask"].numpy()], 1)
+            self.target = None
+        else:
+            b = train.batch(all_rows, n_buckets, buckets=(int(self.lengths.max()),) if len(train) else ())
+            rows = np.stack([b["hist"].numpy(), b["dt"].numpy()], 1)
+            self.target = b["target"].to(device)
+        self.rows = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def upload(self, batches: list[HostBatch], fixed_shape: bool) -> EpochPlan:
+        """The epoch plan on the device (one copy); `fixed_shape`: with the loss weights of padded rows."""
+        sizes = np.array([len(b.rows) for b in batches], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        rows = np.concatenate([b.rows for b in batches]) if batches else np.zeros(0, np.int64)
+        weight = None
+        if fixed_shape:
+            weight = np.concatenate([np.arange(len(b.rows)) < b.real for b in batches]).astype(np.float32) \
+                if batches else np.zeros(0, np.float32)
+            weight = torch.from_numpy(weight).to(self.device)
+        return EpochPlan(torch.from_numpy(rows.astype(np.int64)).to(self.device), weight, batches, offsets)
+
+    def batch(self, plan: EpochPlan, j: int) -> tuple[dict[str, torch.Tensor], int]:
+        """Step j of the plan: the batch dict the model's loss reads, and its number of training samples
+        (known on the host). Histories are cut to the batch's width (its longest, or its bucket)."""
+        hb = plan.batches[j]
+        idx = plan.rows[int(plan.offsets[j]):int(plan.offsets[j + 1])]
+        r = self.rows.index_select(0, idx)[..., : hb.width]
+        if self.windows:  # the encoder reads the window's first W−1 items; slot j's target is item j+1
+            hist = r[:, 0]
+            out = {"hist": hist, "pad": hist < 0, "dt": r[:, 1], "target": r[:, 2], "tmask": r[:, 3] > 0}
+        else:
+            hist = r[:, 0]
+            out = {"hist": hist, "pad": hist < 0, "dt": r[:, 1], "target": self.target.index_select(0, idx)}
+        if plan.weight is not None:
+            out["weight"] = plan.weight[int(plan.offsets[j]):int(plan.offsets[j + 1])]
+        return out, hb.samples

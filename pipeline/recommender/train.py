@@ -34,7 +34,8 @@ from pipeline.progress import progress as progress_bar
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.evaluate import evaluate_split
 from pipeline.recommender.model import dropout_stream
-from pipeline.recommender.seqdata import SeqData, Windows, epoch_batches, window_batches
+from pipeline.recommender.seqdata import (DeviceSamples, HostBatch, SeqData, Windows, epoch_batches,
+                                         static_batches, window_batches)
 from pipeline.utils import ParamError, load_torch, log, write_torch
 
 
@@ -61,8 +62,9 @@ class FitConfig:
     eval_batch: int | str = "auto"  # users per validation beam-search batch (evaluate.decode_batch)
     decode_norm: str = "renorm"  # validation beam search: renorm | full (pipeline/recommender/beam.py)
     decode_amp: str = "off"  # validation ranking precision (`evaluate.amp`): off (fp32, batch-invariant) | bf16
-    compile: bool | str = "auto"  # torch.compile the loss (CUDA: CUDA graphs): auto | true | false; see resolve_compile
-    length_buckets: str | list = "auto"  # history lengths batches are padded to: auto | [] (longest) | [5, 10, 20]
+    compile: bool | str = "auto"  # torch.compile the loss: auto | off | default | reduce-overhead (CUDA graphs); resolve_compile
+    length_buckets: str | list = "auto"  # fixed-shape batches' history lengths: auto | [] (each its longest) | [5, 10, 20]
+    deterministic: bool | str = "auto"  # deterministic kernels: auto (CPU on, CUDA off) | true | false
 
 
 PAPER_BATCH = 128  # the paper's batch (§4.1), the reference of `recommender.lr_scaling`
@@ -88,31 +90,46 @@ class FitResult:
     info: dict = field(default_factory=dict)
 
 
-def resolve_compile(setting: bool | str, device: str, causal: bool) -> tuple[bool, str]:
-    """`recommender.compile`: `true` | `false` | `auto`, and why. `auto` compiles a bidirectional model
-    on CUDA (measured on one H200 at the paper's batch 128: 1.5k samples/s eager, 16.5k compiled,
-    docs/results.md) and nothing else: on a CPU the compile buys nothing (docs/design.md), and the
-    causal encoder's window batches vary in shape (a graph each)."""
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead")
+
+
+def resolve_compile(setting: bool | str, device: str, causal: bool) -> tuple[str | None, str]:
+    """`recommender.compile`: the torch.compile mode of the training loss (None = eager) and why.
+    `off` | `default` (Inductor's fused kernels) | `reduce-overhead` (also CUDA graphs: the step's kernels
+    replay as one launch; CUDA only) | `auto`: `reduce-overhead` for a bidirectional model on CUDA
+    (measured on one H200 at the paper's batch 128: 1.5k samples/s eager, 16.5k compiled,
+    docs/results.md), else off: on a CPU the compile buys nothing measured (docs/results.md), and the
+    causal encoder has not been measured compiled on a GPU. `true`/`false` (older params) mean the
+    device's compiled mode / `off`."""
+    cuda = torch.device(device).type == "cuda"
     if isinstance(setting, bool):
-        return setting, "recommender.compile: " + ("true" if setting else "false")
+        setting = ("reduce-overhead" if cuda else "default") if setting else "off"
+        return (setting if setting != "off" else None), f"recommender.compile: {setting}"
+    if setting not in COMPILE_MODES:
+        raise ParamError(f"recommender.compile must be one of {', '.join(COMPILE_MODES)} (or true/false), "
+                         f"got {setting!r}")
+    if setting == "off":
+        return None, "recommender.compile: off"
+    if setting == "reduce-overhead" and not cuda:
+        return "default", "recommender.compile: reduce-overhead needs CUDA graphs; default mode on CPU"
     if setting != "auto":
-        raise ParamError(f"recommender.compile must be true, false or 'auto', got {setting!r}")
-    if torch.device(device).type != "cuda":
-        return False, "auto: off on CPU (no gain there)"
+        return setting, f"recommender.compile: {setting}"
+    if not cuda:
+        return None, "auto: off on CPU (no gain there)"
     if causal:
-        return False, "auto: off for the causal encoder (window batches vary in shape)"
-    return True, "auto: on for a bidirectional model on CUDA"
+        return None, "auto: off for the causal encoder (not measured compiled on a GPU)"
+    return "reduce-overhead", "auto: reduce-overhead (CUDA graphs) for a bidirectional model on CUDA"
 
 
 def length_buckets(cfg: FitConfig, max_len: int, compiled: bool | None = None) -> tuple[int, ...]:
-    """`recommender.length_buckets`: the history lengths a bidirectional batch is padded to. `auto`:
-    none (pad to the batch's longest) unless the loss is compiled (`compiled`, default: `cfg.compile is
-    True`), then max_len alone: one static length, two graphs an epoch (the full and the last batch).
-    Three lengths (max_len/4, /2, /1) cost three times the compile (~40 s per graph cold on an H200) for
-    no measured gain. A list: those lengths."""
+    """`recommender.length_buckets`: the history lengths of fixed-shape training batches (empty: each
+    batch padded to its own longest history, the last batch of an epoch smaller). `auto`: none unless
+    the loss is compiled (`compiled`), then max_len alone: one static shape, one graph an epoch (a
+    bucket's last batch is filled with rows weighted 0). Three lengths (max_len/4, /2, /1) cost three
+    times the compile (~40 s per graph cold on an H200) for no measured gain. A list: those lengths."""
     b = cfg.length_buckets
     if compiled is None:
-        compiled = cfg.compile is True
+        compiled = resolve_compile(cfg.compile, "cpu", False)[0] is not None
     if b == "auto":
         return (max_len,) if compiled else ()
     if not isinstance(b, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in b):
@@ -120,17 +137,21 @@ def length_buckets(cfg: FitConfig, max_len: int, compiled: bool | None = None) -
     return tuple(sorted(b))
 
 
-def compiled_loss(model, device: str, backend: str = "inductor"):
-    """`recommender.compile`: `model.loss` through `torch.compile` (issue 9: at the paper's batch 128 a
-    CUDA step is launch bound, a few hundred small kernels). On CUDA mode `reduce-overhead` (CUDA
-    graphs: the step's kernels replay as one graph); elsewhere the default mode. `dynamic=False`: one
-    graph per (batch size, padded length), which `length_buckets` keeps to a handful. `backend`: another
-    dynamo backend (benchmarks' smoke runs use `aot_eager`: no C++/Triton build)."""
+def compiled_loss(model, device: str, backend: str = "inductor", mode: str | None = "default",
+                  fullgraph: bool = False):
+    """`recommender.compile`: `model.loss` through `torch.compile` (issue 20: at the paper's batch 128 a
+    CUDA step is launch bound). `mode` `reduce-overhead` adds CUDA graphs (CUDA only; `default`
+    elsewhere). `dynamic=False`: one graph per batch shape, which fixed-shape batches keep to one per
+    length bucket. `backend`: another dynamo backend (tests and smoke runs use `aot_eager`: no C++/Triton
+    build); `fullgraph`: a graph break is an error (tests)."""
     import torch._dynamo
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
-    cuda_graphs = backend == "inductor" and torch.device(device).type == "cuda"
-    return torch.compile(model.loss, backend=backend, mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
+    if backend != "inductor" or torch.device(device).type != "cuda":
+        mode = None if mode == "reduce-overhead" or backend != "inductor" else mode
+    if mode == "default":
+        mode = None
+    return torch.compile(model.loss, backend=backend, mode=mode, dynamic=False, fullgraph=fullgraph)
 
 
 def train_step(model, opt, batch: dict[str, torch.Tensor], device: str, amp: AmpChoice | str, grad_clip: float,
@@ -209,28 +230,54 @@ def lr_factor(cfg: FitConfig, step: int, total_steps: int, train_s: float = 0.0,
     return warm * 0.5 * (1 + math.cos(math.pi * min(max(prog, 0.0), 1.0)))
 
 
-def epoch_plan(train, batch_size: int, rng: np.random.Generator, bucket: bool) -> list[np.ndarray]:
-    """The epoch's mini-batches: sample indices (SeqData) or windows holding ~batch_size samples."""
-    if isinstance(train, Windows):
-        return window_batches(train, batch_size, rng, bucket)
-    return epoch_batches(len(train), batch_size, rng, train.lengths, bucket)
+def epoch_plan(train, batch_size: int, rng: np.random.Generator, bucket: bool,
+               buckets: tuple[int, ...] = ()) -> list[HostBatch]:
+    """The epoch's mini-batches (`HostBatch`). With `buckets` (`length_buckets`): fixed shapes, rows
+    grouped by their history's length bucket, `batch_size` samples a batch (SeqData) or
+    batch_size // width windows of that history width (Windows), each bucket's last batch padded with
+    rows weighted 0 (`static_batches`). Without: sample indices (SeqData) or windows holding ~batch_size
+    samples, similar lengths together with `bucket`, each padded to its own longest history."""
+    windows = isinstance(train, Windows)
+    if buckets:
+        if windows:
+            return static_batches(train.end - train.start - 1, lambda w: max(1, batch_size // w), rng, buckets,
+                                  train.n_targets)
+        return static_batches(train.lengths, lambda w: batch_size, rng, buckets)
+    if windows:
+        return [HostBatch(i, len(i), int((train.end[i] - train.start[i]).max()) - 1, int(train.n_targets[i].sum()))
+                for i in window_batches(train, batch_size, rng, bucket)]
+    return [HostBatch(i, len(i), int(train.lengths[i].max()), len(i))
+            for i in epoch_batches(len(train), batch_size, rng, train.lengths, bucket)]
 
 
-def steps_per_epoch(train, cfg: FitConfig) -> int:
+def steps_per_epoch(train, cfg: FitConfig, buckets: tuple[int, ...] = ()) -> int:
     """Optimizer steps in one epoch on this rank (under torchrun, its share of the epoch's batches)."""
-    return len(dd.shard(epoch_plan(train, cfg.batch_size, np.random.default_rng(0), cfg.bucket)))
+    return len(dd.shard(epoch_plan(train, cfg.batch_size, np.random.default_rng(0), cfg.bucket, buckets)))
 
 
 def n_samples(train) -> int:
     return train.n_samples if isinstance(train, Windows) else len(train)
 
 
-def make_batch(train, idx: np.ndarray, model, device: str, buckets: tuple[int, ...] = ()
-               ) -> tuple[dict[str, torch.Tensor], int]:
-    """A training batch and its number of samples (known on the host: no device sync)."""
-    if isinstance(train, Windows):
-        return train.batch(idx, model.cfg.time_buckets, device), int(train.n_targets[idx].sum())
-    return train.batch(idx, model.cfg.time_buckets, device, buckets=buckets), len(idx)
+def resolve_deterministic(setting: bool | str, device: str) -> bool:
+    """`recommender.deterministic`: deterministic kernels while training. `auto`: on for a CPU (same params,
+    same metrics: e.g. index backward without atomics), off for CUDA, where they are slower and fill
+    every new allocation (`torch.utils.deterministic.fill_uninitialized_memory`); GPU runs then vary in
+    the last digits between runs, as GPU training usually does."""
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise ParamError(f"recommender.deterministic must be true, false or 'auto', got {setting!r}")
+    return torch.device(device).type != "cuda"
+
+
+def training_shapes(cfg: FitConfig, model_cfg, device: str) -> tuple[str | None, str, tuple[int, ...]]:
+    """The compile mode (None = eager), why, and the length buckets of the training batches (fixed
+    shapes when not empty): `resolve_compile` under this run's ranks, then `length_buckets`."""
+    mode, reason = resolve_compile(cfg.compile, device, model_cfg.causal)
+    if mode and dd.world() > 1:
+        mode, reason = None, "not used under torchrun (DDP)"
+    return mode, reason, length_buckets(cfg, model_cfg.max_len, mode is not None)
 
 
 def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: FitConfig, device: str, seed: int,
@@ -254,17 +301,18 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
     if n_valid and n_valid < len(valid):
         vidx = np.sort(vrng.choice(len(valid), n_valid, replace=False))
     opt = make_optimizer(model, cfg.lr, device)
-    use_compile, compile_reason = resolve_compile(cfg.compile, device, model.cfg.causal)
-    if use_compile and net is not None:
-        use_compile, compile_reason = False, "not used under torchrun (DDP)"
-        (log.warning if cfg.compile is True else log.info)(
-            "train: recommender.compile is not used under torchrun (DDP); training uncompiled")
-    buckets = length_buckets(cfg, model.cfg.max_len, use_compile)
-    loss_fn = compiled_loss(model, device) if use_compile else None
-    if use_compile:
-        log.info("train: torch.compile on %s (%s), history lengths padded to %s", device, compile_reason,
-                 buckets or "the longest")
-    epoch_steps = steps_per_epoch(train, cfg)
+    mode, compile_reason, buckets = training_shapes(cfg, model.cfg, device)
+    det = resolve_deterministic(cfg.deterministic, device)
+    torch.use_deterministic_algorithms(det, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = det
+    if net is not None and cfg.compile not in ("auto", False, "off"):
+        log.warning("train: recommender.compile is not used under torchrun (DDP); training uncompiled")
+    loss_fn = compiled_loss(model, device, mode=mode) if mode else None
+    if mode:
+        log.info("train: torch.compile mode %s on %s (%s), fixed-shape batches, history lengths %s", mode, device,
+                 compile_reason, buckets)
+    data = DeviceSamples(train, model.cfg.time_buckets, device)  # every training sample on the device, once
+    epoch_steps = steps_per_epoch(train, cfg, buckets)
     total_steps = epoch_steps * cfg.max_epochs
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "history": [], "train_s": 0.0, "stopped": None,
              "partial": None}
@@ -306,17 +354,19 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
         if partial:  # finish the epoch a budget cut short: same batches, from where it stopped
             epoch_rng = partial["rng"]
             rng.bit_generator.state = epoch_rng
-            batches = dd.shard(epoch_plan(train, cfg.batch_size, rng, cfg.bucket))
+            plan = data.upload(dd.shard(epoch_plan(train, cfg.batch_size, rng, cfg.bucket, buckets)), bool(buckets))
             done = partial["steps"]
             sums, n_seen = dict(partial["sums"]), partial["n_seen"]
         else:
             epoch_rng = rng.bit_generator.state
-            batches = dd.shard(epoch_plan(train, cfg.batch_size, rng, cfg.bucket))
+            plan = data.upload(dd.shard(epoch_plan(train, cfg.batch_size, rng, cfg.bucket, buckets)), bool(buckets))
             done, sums, n_seen = 0, {}, 0
         n_epoch = n_seen
         cut = False
-        bar = progress_bar(batches[done:], desc=f"train epoch {epoch}", leave=False, disable=not dd.is_main() or None)
-        for j, idx in enumerate(bar):
+        # no per-step host reads (the loss parts are summed on the device and read once an epoch)
+        bar = progress_bar(range(done, len(plan)), desc=f"train epoch {epoch}", leave=False,
+                           disable=not dd.is_main() or None)
+        for j, step in enumerate(bar):
             elapsed = state["train_s"] + clock() - t0
             if budget_s < float("inf"):
                 # one clock for all ranks (rank 0 alone would need a broadcast anyway): the same learning
@@ -328,7 +378,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
                     break
             f = lr_factor(cfg, state["step"], total_steps, elapsed, budget_s)
             set_lr(opt, cfg.lr * f)
-            batch, n = make_batch(train, idx, model, device, buckets)
+            batch, n = data.batch(plan, step)
             try:
                 parts = train_step(model, opt, batch, device, amp, cfg.grad_clip, net, loss_fn)
             except Exception as e:  # `auto` falls back to eager when the compiler fails
@@ -343,8 +393,6 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
             for k, v in parts.items():  # summed on the device: no host sync per step
                 sums[k] = sums.get(k, 0.0) + v * n
             n_seen += n * dd.world()  # every rank took a batch of about this size
-            if j % 50 == 0:
-                bar.set_postfix(loss=f"{float(parts['total']):.3f}")
         if not cut:
             state["partial"] = None
         train_s = dd.from_main(clock() - t0)  # rank 0's clock rules the budget
@@ -391,6 +439,8 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
             "stopped": state["stopped"], "train_wall_s": round(state["train_s"], 1),
             "valid_users_per_epoch": int(len(vidx)), "steps_per_epoch": epoch_steps, "steps": state["step"],
             "amp": amp.mode, "amp_reason": amp.reason, "valid_amp": vamp.mode, "compile": loss_fn is not None,
+            "compile_mode": mode if loss_fn is not None else "off", "length_buckets": list(buckets),
+            "deterministic": det,
             "compile_reason": compile_reason, "encoder": model.cfg.encoder, "world_size": dd.world(),
             **({"replicas_equal": dd.replicas_equal(model)} if dd.world() > 1 else {})}
     return FitResult(best_state, state["history"], info)
