@@ -103,3 +103,11 @@ def test_a_model_saved_in_the_legacy_layout_loads_and_decodes_the_same(world):
         assert torch.allclose(mo, mn, atol=1e-5)
         prefix = old.item_codes[batch["target"]][:, :-1]
         assert torch.allclose(old.decode(prefix, mo, po), new.decode(prefix, mn, pn), atol=1e-5)
+
+
+def test_parameter_count_is_the_legacy_count(world):
+    """§4.7's parameter count: the fused layout has the same trainable parameters (the SSA head's
+    masked padding columns are not counted)."""
+    for kw in ({}, {"ssa": False}, {"dsi": False, "ssa": False, "ats": False, "dt": False}):
+        old, new = pair(world, **kw)
+        assert new.n_params() == old.n_params()

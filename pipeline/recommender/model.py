@@ -403,6 +403,8 @@ class SSAHead(nn.Module):
         for l, n in enumerate(n_tags):
             mask[l, n:] = float("-inf")
         self.register_buffer("tag_mask", mask, persistent=False)
+        # the masked columns' weights and biases: never used (zero gradient), not counted as parameters
+        self.n_masked = sum(max(n_tags) - n for n in n_tags) * (d_model + 1)
 
     def forward(self, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """o (B, L, d) -> the regressions (B, L, d_cb) and the masked tag logits (B, L, max |T_l|), fp32."""
@@ -478,7 +480,8 @@ class PrismRecommender(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
 
     def n_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Trainable parameters (§4.7), the SSA head's masked padding columns excluded."""
+        return sum(p.numel() for p in self.parameters()) - (self.ssa_head.n_masked if self.cfg.ssa else 0)
 
     # ---- encoder
     def encode(self, hist: torch.Tensor, pad: torch.Tensor, dt_bucket: torch.Tensor):
