@@ -44,6 +44,10 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "rqvae": (["tokenizer=rqvae"], ""),
     "rqkmeans": (["tokenizer=rqkmeans", "device=cpu"], ""),
     "prism_hsa_soft": (["quantize.hsa_grad=soft"], ""),
+    "prism_hsa_encoder": (["quantize.hsa_grad=encoder"], ""),
+    "prism_hsa_cell": (["quantize.hsa_grad=cell"], ""),
+    "prism_hsa_official": (["quantize.hsa_grad=official"], ""),
+    "prism_acd_popularity": (["quantize.acd_margin=popularity"], ""),
     "prism_acd_absolute": (["quantize.acd_margin=absolute"], ""),
     "prism_acd_paper": (["quantize.acd_margin=absolute"], "_rawpop"),
     "nocat_prism": ([], "_nocat"),
@@ -53,6 +57,8 @@ DEFAULT = "prism,no_acd,no_hsa,no_dhr,rqvae,rqkmeans,nocat_prism,nocat_no_hsa"
 LABELS = {
     "prism": "PRISM (full)", "no_acd": "w/o ACD", "no_hsa": "w/o HSA", "no_dhr": "w/o DHR",
     "rqvae": "RQ-VAE (TIGER)", "rqkmeans": "RQ-KMeans", "prism_hsa_soft": "PRISM, HSA soft reading",
+    "prism_hsa_encoder": "PRISM, HSA encoder reading", "prism_hsa_cell": "PRISM, HSA cell reading",
+    "prism_hsa_official": "PRISM, HSA as the released code", "prism_acd_popularity": "PRISM, ACD popularity margin",
     "prism_acd_absolute": "PRISM, ACD absolute margin",
     "prism_acd_paper": "PRISM, ACD as written (raw-count popularity, absolute margin)",
     "nocat_prism": "PRISM, text w/o categories",
@@ -61,8 +67,13 @@ LABELS = {
 PAPER = {"prism": "17.57% / 1.79% / 248.5", "no_acd": "19.85% / 2.78% / 241.8", "no_hsa": "28.67% / 4.77% / 210.3",
          "no_dhr": "18.22% / 2.21% / 245.2", "rqvae": "95.73% / 31.57% / 84.2"}
 COLS = ["collision_rate_l2", "collision_rate_final", "perplexity_l1", "perplexity_l2", "perplexity_l3",
-        "perplexity_mean", "utilisation_l1", "nmi_tag1", "nmi_tag2", "gate_mean", "gate_sd", "gate_pop_corr",
+        "perplexity_mean", "utilisation_l1", "nmi_tag1", "nmi_tag2", "nmi_tag1_excess", "nmi_tag2_excess",
+        "gate_mean", "gate_sd", "gate_pop_corr", "gate_pop_spearman", "gate_mid_share",
         "epochs_run", "train_wall_s", "dedup_moved"]
+# seed-paired differences against the reference variant (`--reference`); the decision rule, stated before
+# running (issue 21): an effect is real if every paired difference has the same sign and |mean| > 2 × their sd
+PAIRED = ["collision_rate_l2", "collision_rate_final", "perplexity_l1", "perplexity_mean", "nmi_tag1_excess",
+          "nmi_tag2_excess"]
 
 
 def main() -> None:
@@ -83,6 +94,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None,
                     help="per-run folders (default /tmp/prism_table3_work; OUT_work with --smoke)")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--dataset", default="beauty", help="the dataset IN was prepared from (e.g. synthetic)")
+    ap.add_argument("--reference", default="prism", help="the variant the seed-paired differences are taken against")
     a = ap.parse_args()
     t0 = time.time()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +103,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     inp = a.inp.resolve()
     common = (["-S", "dataset=synthetic", "-S", "synthetic.size=tiny", "-S", "quantize.epochs=2"] if a.smoke
-              else ["-S", "dataset=beauty"])
+              else ["-S", f"dataset={a.dataset}"])
     common += ["-S", f"raw_dir={inp / 'raw'}", "-S", "download=false", "-S", f"device={'cpu' if a.smoke else a.device}"]
     for s in a.set:
         common += ["-S", s]
@@ -152,9 +165,9 @@ def main() -> None:
                      f"{m['epochs_run']} epochs ({m.get('stopped', '-')})" if m else ""), flush=True)
     res = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0)), "device": a.device,
            "seeds": seeds, "common": common, "runs": sorted(results, key=lambda r: (r["variant"], r["seed"])),
-           "wall_s": round(time.time() - t0, 1)}
+           "wall_s": round(time.time() - t0, 1), "reference": a.reference}
     (a.out / "table3.json").write_text(json.dumps(res, indent=1))
-    md = table(res)
+    md = table(res) + paired(res)
     (a.out / "table3.md").write_text(md)
     print(md)
 
@@ -189,6 +202,34 @@ def table(res: dict) -> str:
     bad = [r for r in res["runs"] if not r["metrics"]]
     for r in bad:
         lines.append(f"\nFAILED {r['variant']} seed {r['seed']} rc {r['rc']}: {r['error_tail'][-300:]}")
+    return "\n".join(lines) + "\n"
+
+
+def paired(res: dict) -> str:
+    """Seed-paired differences (variant − reference, same seed) of the PAIRED metrics: mean ± sd and the
+    verdict of the decision rule (every difference of one sign and |mean| > 2 sd: "real", else "-")."""
+    ref = res.get("reference", "prism")
+    runs = {(r["variant"], r["seed"]): r["metrics"] for r in res["runs"] if r["metrics"]}
+    variants = [v for v in VARIANTS if v != ref and any(k[0] == v for k in runs)]
+    if not any(k[0] == ref for k in runs) or not variants:
+        return ""
+    lines = ["", f"Seed-paired differences vs {LABELS.get(ref, ref)} (variant − reference, same seed): mean ± sd "
+             "over seeds; * = real by the rule (all of one sign, |mean| > 2 sd)", "",
+             "| variant | n | " + " | ".join(PAIRED) + " |", "|---" * (len(PAIRED) + 2) + "|"]
+    for v in variants:
+        seeds = [s for (vv, s) in runs if vv == v and (ref, s) in runs]
+        cells = []
+        for c in PAIRED:
+            d = np.array([runs[(v, s)][c] - runs[(ref, s)][c] for s in seeds
+                          if c in runs[(v, s)] and c in runs[(ref, s)]], dtype=float)
+            if len(d) == 0:
+                cells.append("–")
+                continue
+            scale = 100 if c.startswith("collision") else 1
+            sd = d.std(ddof=1) if len(d) > 1 else float("nan")
+            real = len(d) > 1 and (np.all(d > 0) or np.all(d < 0)) and abs(d.mean()) > 2 * sd
+            cells.append(f"{d.mean() * scale:+.3f} ± {sd * scale:.3f}{' *' if real else ''}")
+        lines.append(f"| {LABELS.get(v, v)} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

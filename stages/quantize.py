@@ -23,7 +23,7 @@ def quantizer_config(p) -> QuantizerConfig:
         beta=p["beta"], lambda1=p["lambda1"], lambda2=p["lambda2"], delta=p["delta"], tau_hsa=p["tau_hsa"],
         acd=p["acd"], hsa=p["hsa"], dhr=p["dhr"],
         acd_variance=p[f"{q}.acd_variance"], acd_margin=p[f"{q}.acd_margin"], dhr_target_sg=p[f"{q}.dhr_target_sg"],
-        hsa_grad=p[f"{q}.hsa_grad"], hsa_cls=p[f"{q}.hsa_cls"],
+        hsa_grad=p[f"{q}.hsa_grad"], hsa_cls=p[f"{q}.hsa_cls"], hsa_usage=p[f"{q}.hsa_usage"],
         ema_decay=p[f"{q}.ema_decay"], restart_dead=p[f"{q}.restart_dead"],
     )
 

@@ -30,8 +30,17 @@ def test_acd_loss_by_hand():
     pop = torch.tensor([0.3, 0.5])
     # item 1: mean .3 -> align 0, var .01 -> relu(.1 - .01) = .09; item 2: mean .5 -> 0, var .25 -> 0
     assert torch.isclose(acd_loss(g, pop, delta=0.1), torch.tensor((0.09 + 0.0) / 2))
-    # batch variance: per-element var over items = [.16, .04] -> mean .1 -> relu(0) = 0
-    assert torch.isclose(acd_loss(g, pop, delta=0.1, variance="batch"), torch.tensor(0.0))
+    # batch variance (the official code's form): the variance over the batch of the items' mean gates,
+    # Var([.3, .5]) = .01 -> relu(.1 - .01) = .09, once per batch; align 0
+    assert torch.isclose(acd_loss(g, pop, delta=0.1, variance="batch"), torch.tensor(0.09))
+    # (not the per-element variance over the batch, [.16, .04] -> mean .1, which would give 0)
+    pop2 = torch.tensor([0.1, 0.6])  # align: (.3-.1)^2 = .04, (.5-.6)^2 = .01
+    # popularity margin δ_v = min(δ, ½ p_v (1 - p_v)) = [.045, .1]; item vars [.01, .25]
+    assert torch.isclose(acd_loss(g, pop2, delta=0.1, margin="popularity"),
+                         torch.tensor(((0.04 + 0.035) + (0.01 + 0.0)) / 2))
+    # batch form with the popularity margin: mean δ_v = .0725 vs Var(ḡ) = .01 -> .0625; align mean .025
+    assert torch.isclose(acd_loss(g, pop2, delta=0.1, variance="batch", margin="popularity"),
+                         torch.tensor(0.025 + 0.0625))
 
 
 def test_soft_prototype_is_near_nearest_code_at_low_temperature():

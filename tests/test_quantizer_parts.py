@@ -44,6 +44,10 @@ def test_unknown_settings_are_errors():
         QuantizerConfig(acd_margin="abs")
     with pytest.raises(ParamError, match="hsa_cls"):
         QuantizerConfig(hsa_cls="yes")
+    with pytest.raises(ParamError, match="hsa_grad"):
+        QuantizerConfig(hsa_grad="Cell")
+    with pytest.raises(ParamError, match="acd_margin"):
+        QuantizerConfig(acd_margin="pop")
 
 
 def test_hsa_codebook_reading_by_hand():
@@ -231,6 +235,15 @@ def test_nmi_and_tag_nmi_by_hand():
     m = tag_nmi(codes, tags)
     assert np.isclose(m["nmi_tag1"], 1.0)  # c1 = tag_1 on the three tagged items
     assert np.isclose(m["nmi_tag2"], 1.0)  # (c1, c2) = tag_2's three classes
+    # the permutation null: 3 distinct prefixes vs 3 distinct tags on 3 items is NMI 1 whatever the order,
+    # so chance alone explains it all (excess 0); on many items, random codes give a small null
+    assert np.isclose(m["nmi_tag2_null"], 1.0) and np.isclose(m["nmi_tag2_excess"], 0.0)
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 6, (3000, 1))
+    noise = tag_nmi(rng.integers(0, 64, (3000, 1)), t)
+    same = tag_nmi(t, t)
+    assert 0 < noise["nmi_tag1_null"] < 0.05 and abs(noise["nmi_tag1_excess"]) < 0.01
+    assert np.isclose(same["nmi_tag1"], 1.0) and same["nmi_tag1_excess"] > 0.99
 
 
 def test_gate_stats():
@@ -240,3 +253,9 @@ def test_gate_stats():
     assert np.isclose(s["gate_mean"], np.mean([0.2, 0.6, 0.9])) and np.isclose(s["gate_pop_corr"], 1.0)
     assert np.isclose(s["gate_pop_mae"], 0.0) and np.isclose(s["gate_item_var"], np.mean([0.01, 0.01, 0.0]))
     assert s["gate_q10"] <= s["gate_q50"] <= s["gate_q90"]
+    assert np.isclose(s["gate_pop_spearman"], 1.0) and s["gate_mid_share"] == 1.0  # all six inside (.05, .95)
+    # 3 of 6 elements outside (.05, .95); ranks agree, values do not (Spearman 1, Pearson < 1)
+    s2 = gate_stats(np.array([[0.01, 0.09], [0.02, 0.5], [0.97, 0.6]]), np.array([0.1, 0.8, 0.9]))
+    assert np.isclose(s2["gate_mid_share"], 3 / 6)
+    assert np.isclose(s2["gate_pop_spearman"], 1.0) and s2["gate_pop_corr"] < 0.99
+

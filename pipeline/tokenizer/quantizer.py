@@ -4,7 +4,8 @@ One module per idea:
 - `TrustGate` / `acd_loss`        Eq. 2-4  Adaptive Collaborative Denoising
 - `Encoder` (MLP)                 Eq. 5    z = Enc(e_cont || g ⊙ e_collab)
 - `ResidualQuantizer`             §3.3.3   L levels of EMA codebooks, straight-through estimator
-- `hsa_loss` / `hsa_loss_soft`   Eq. 6-7  Hierarchical Semantic Anchoring (codebook reading / soft reading)
+- `hsa_loss` / `hsa_loss_soft` / `hsa_loss_cell` / `hsa_loss_official`
+                                  Eq. 6-7  Hierarchical Semantic Anchoring, four readings (docs/design.md)
 - `fit_anchors`                   Eq. 6    the anchors p_l: a ridge-fitted linear projection of the tag embeddings
 - `reconstruction_loss`           Eq. 8    Dual-Head Reconstruction (or one head when dhr=False)
 - `PurifiedSemanticQuantizer.loss` Eq. 9   L_psq = L_dhr + β L_commit + λ1 L_acd + λ2 L_hsa
@@ -16,6 +17,7 @@ drops e_collab from the input. All off = the RQ-VAE of TIGER (tokenizer `rqvae`)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.utils import ParamError
+
+
+HSA_MODES = ("codebook", "soft", "encoder", "cell", "official")
 
 
 @dataclass
@@ -44,15 +49,18 @@ class QuantizerConfig:
     use_collab: bool = True
     acd_variance: str = "item"  # item (Eq. 4: over each item's gate elements) | batch (official code)
     dhr_target_sg: bool = True  # stop-gradient on the purified collab target of Eq. 8
-    acd_margin: str = "relative"  # relative (δ scaled by the variance reachable at the gate's mean) | absolute (Eq. 4)
-    hsa_grad: str = "codebook"  # codebook (Eq. 7 on codebook rows) | soft (items' soft assignments) | encoder
+    acd_margin: str = "relative"  # relative (δ scaled by the variance reachable at the gate's mean) | popularity
+    # (δ_v = min(δ, ½ p_v(1 − p_v))) | absolute (Eq. 4 as written)
+    hsa_grad: str = "codebook"  # codebook (Eq. 7 on codebook rows) | soft (items' soft assignments) | encoder |
+    # cell (hard codes forward, soft assignments backward, anchors tied into the classifier) | official
     hsa_cls: str = "probe"  # soft reading: probe (Eq. 7's classifier reads sg[q̃]) | encoder (its gradient reaches z)
+    hsa_usage: float = 10.0  # cell reading: weight of the codebook-usage guard inside L_hsa
     ema_decay: float = 0.99
     restart_dead: bool = True  # restart codes unused during an epoch
 
     def __post_init__(self):
-        for key, allowed in (("acd_variance", ("item", "batch")), ("acd_margin", ("relative", "absolute")),
-                             ("hsa_grad", ("soft", "codebook", "encoder")), ("hsa_cls", ("probe", "encoder"))):
+        for key, allowed in (("acd_variance", ("item", "batch")), ("acd_margin", ("relative", "popularity", "absolute")),
+                             ("hsa_grad", HSA_MODES), ("hsa_cls", ("probe", "encoder"))):
             if getattr(self, key) not in allowed:
                 raise ParamError(f"quantize.{key} must be one of {', '.join(repr(a) for a in allowed)}, "
                                  f"got {getattr(self, key)!r}")
@@ -79,37 +87,44 @@ class TrustGate(nn.Module):
         return torch.sigmoid(self.net(e_collab))
 
 
-def acd_margin(mean: torch.Tensor, delta: float, margin: str) -> torch.Tensor | float:
-    """The variance margin of Eq. 4. "absolute": δ, as written. "relative": δ · 4·m(1 − m) with m the
-    (stop-gradient) mean of the gate elements: values in [0, 1] with mean m have variance at most
-    m(1 − m), so an absolute δ = 0.1 cannot hold together with ḡ_v = p_v for any item with
-    p_v < 0.113 (most items on Beauty); the relative margin equals δ at m = 1/2 and can always
-    be met (docs/design.md, "ACD")."""
+def acd_margin(mean: torch.Tensor, delta: float, margin: str, popularity: torch.Tensor | None = None
+               ) -> torch.Tensor | float:
+    """The variance margin of Eq. 4. Values in [0, 1] with mean m have variance at most m(1 − m), so an
+    absolute δ = 0.1 cannot hold together with ḡ_v = p_v for any item with p_v < 0.113 (most items on
+    Beauty). "absolute": δ, as written. "relative": δ · 4·m(1 − m) with m the (stop-gradient) mean of
+    the gate elements: δ at m = ½, always reachable. "popularity": δ_v = min(δ, ½·p_v(1 − p_v)), fixed
+    by the item's popularity: at ḡ_v = p_v both terms of Eq. 4 can reach zero (docs/design.md, "ACD")."""
     if margin == "absolute":
         return delta
     if margin == "relative":
         m = mean.detach()
         return 4.0 * delta * m * (1 - m)
-    raise ParamError(f"quantize.acd_margin must be 'relative' or 'absolute', got {margin!r}")
+    if margin == "popularity":
+        if popularity is None:
+            raise ValueError("acd_margin 'popularity' needs the items' popularity")
+        return torch.clamp(0.5 * popularity * (1 - popularity), max=delta)
+    raise ParamError(f"quantize.acd_margin must be 'relative', 'popularity' or 'absolute', got {margin!r}")
 
 
 def acd_loss(g: torch.Tensor, popularity: torch.Tensor, delta: float, variance: str = "item",
              margin: str = "absolute") -> torch.Tensor:
     """Eq. 4: (ḡ_v − p_v)² + ReLU(δ − Var(g_v)), averaged over the batch.
 
-    variance="item": Var over each item's gate elements (the paper); "batch": Var of each gate
-    element over the batch, averaged over elements (what the official code does).
-    margin: "absolute" (δ as written) or "relative" (see `acd_margin`).
+    variance="item": Var over each item's gate elements g_v (the paper); "batch": the official code's
+    form, the variance over the batch of the per-item mean gates ḡ_v, one spread term per batch:
+    mean_v (ḡ_v − p_v)² + ReLU(δ − Var_v(ḡ_v)).
+    margin: "absolute" (δ as written), "relative" or "popularity" (see `acd_margin`; in the batch form
+    the margin is taken at the batch's mean gate, or the batch mean of δ_v).
     """
     gbar = g.mean(dim=1)
     align = (gbar - popularity).pow(2)
     if variance == "item":
-        spread = F.relu(acd_margin(gbar, delta, margin) - g.var(dim=1, unbiased=False))
+        spread = F.relu(acd_margin(gbar, delta, margin, popularity) - g.var(dim=1, unbiased=False))
         return (align + spread).mean()
     if variance == "batch":
-        d = acd_margin(g.mean(dim=0), delta, margin)
+        d = acd_margin(gbar.mean(), delta, margin, popularity)
         d = d.mean() if torch.is_tensor(d) else d
-        return align.mean() + F.relu(d - g.var(dim=0, unbiased=False).mean())
+        return align.mean() + F.relu(d - gbar.var(unbiased=False))
     raise ParamError(f"quantize.acd_variance must be 'item' or 'batch', got {variance!r}")
 
 
@@ -280,6 +295,97 @@ def hsa_loss_soft(anchors: list[torch.Tensor], codebooks: torch.Tensor, residual
     return total
 
 
+def soft_codes(residual: torch.Tensor, codebook: torch.Tensor, tau: float):
+    """An item's level-l code seen softly: the relative temperature τ_l = τ · (mean squared distance of
+    the batch's residuals to their nearest code, stop-gradient), the soft assignment a = softmax(−‖r −
+    e_k‖² / τ_l) over sg[C_l], and x = q̃ + sg[q − q̃] with q̃ = a·C_l and q the nearest code: forward
+    the hard code, backward the soft assignment's gradient (it moves r between code cells).
+    Returns x (B, d), a (B, K), τ_l."""
+    cb = codebook.detach()
+    d2 = torch.cdist(residual, cb).pow(2)
+    t = tau * d2.detach().min(1).values.mean().clamp_min(1e-8)
+    a = torch.softmax(-d2 / t, dim=-1)
+    q_soft = a @ cb
+    q_hard = cb[d2.detach().argmin(1)]
+    return q_soft + (q_hard - q_soft).detach(), a, t
+
+
+def usage_guard(a: torch.Tensor) -> torch.Tensor:
+    """log K − H(ā): how far the batch's mean soft assignment ā over K codes is from uniform (0 when
+    every code is equally used). A guard on codebook usage: any pull of items towards their tags must
+    pay for emptying codes."""
+    abar = a.mean(0)
+    return math.log(a.shape[1]) + (abar * torch.log(abar.clamp_min(1e-12))).sum()
+
+
+def hsa_loss_cell(anchors: list[torch.Tensor], codebooks: torch.Tensor, residuals: torch.Tensor,
+                  tags: torch.Tensor, tau: float, usage: float = 10.0) -> torch.Tensor:
+    """Eq. 6-7, cell reading (`hsa_grad: cell`; docs/design.md, "HSA"): a reading whose gradient moves
+    items between code cells without collapsing a level.
+
+    Per level j each item's residual r_j is softly assigned over the codebook, a_j = softmax_k(−‖r_j −
+    e_k‖²/τ_j) (`soft_codes`: τ_j relative to the level's nearest-code distances; codebooks
+    stop-gradient, EMA owns them), and each depth-l tag t has an anchor P_t = (P_t^1 ‖ … ‖ P_t^l), a
+    learned projection of its name embedding, with Eq. 6's soft assignment α_t^j = softmax_k(−‖P_t^j −
+    e_k‖²/τ_j) over the same codes. Eq. 7's classifier for depth-l tags reads the codes of levels 1..l
+    through the anchors: logit_t = Σ_{j≤l} log Σ_k a_j,k α_t,k^j (how much the item's soft codes overlap
+    the tag's). Its gradient moves items towards the *set* of codes their tag's anchor covers, not to
+    one point, and a collapsed projection (all anchors equal) gives uniform logits and a large
+    cross-entropy, so the anchors cannot collapse trivially. Eq. 6's term ‖P_t^j − p̃_t^j‖² (p̃ the soft
+    prototype over sg[C_j], mean over dimensions) keeps each anchor near the codebook and moves only
+    anchors. A usage guard per level, `usage` · (log K − H(ā_j)) (`usage_guard`), keeps the codes in use:
+    without it level 1's perplexity fell to 9–21 of 32 on the synthetic test set (28 without HSA).
+
+    anchors[l]: (T_l, (l+1)·d_cb), the depth-(l+1) tags' anchors; residuals (B, L, d_cb) with gradient;
+    tags (B, L), −1 = no tag. Items without a depth-l tag weigh 0."""
+    L, d = residuals.shape[1], residuals.shape[2]
+    soft, taus = [], []
+    total = residuals.new_zeros(())
+    for j in range(L):
+        x, a, t = soft_codes(residuals[:, j], codebooks[j], tau)
+        soft.append(a)
+        taus.append(t)
+        total = total + usage * usage_guard(a)
+    for l in range(L):
+        w = (tags[:, l] >= 0).to(residuals.dtype)
+        n = w.sum().clamp_min(1.0)
+        P = anchors[l].view(-1, l + 1, d)  # (T, l+1, d)
+        logits = 0.0
+        for j in range(l + 1):  # log Σ_k a_k α_{t,k}: the item's soft codes against each anchor's (Eq. 6's α)
+            alpha = torch.softmax(-torch.cdist(P[:, j], codebooks[j].detach()).pow(2) / taus[j], -1)  # (T, K)
+            logits = logits + torch.log((soft[j] @ alpha.T).clamp_min(1e-12))
+        ce = F.cross_entropy(logits, tags[:, l], ignore_index=-1, reduction="sum") / n
+        used = torch.bincount(tags[:, l].clamp(min=0), weights=w, minlength=len(P)) > 0  # the batch's tags
+        align = sum(((P[:, j] - soft_prototype(P[:, j], codebooks[j].detach(), taus[j])).pow(2).mean(-1)
+                     for j in range(l + 1)))
+        total = total + ce + (align * used).sum() / used.sum().clamp_min(1)
+    return total
+
+
+def hsa_loss_official(anchor_proj: nn.ModuleList, tag_embs: list[torch.Tensor], codebooks: torch.Tensor,
+                      residuals: torch.Tensor, q: torch.Tensor, tags: torch.Tensor, classifiers: nn.ModuleList,
+                      tau: float) -> torch.Tensor:
+    """Eq. 6-7 as the paper's released code computes them (`hsa_grad: official`; a reference, facts in
+    docs/design.md "HSA"): the tag classifier (a 3-layer MLP) reads the concatenated straight-through
+    codes of levels 1..l, where only the level-1 slot carries gradient to the encoder (each later
+    level's residual is taken after the straight-through code, so its slot's gradient is zero); the
+    codebooks take no gradient. The soft-anchor term is computed on each level's tag vocabulary with
+    projection MLPs that are not trained (in the released code they are created after the optimizer):
+    it adds a value and updates no parameter."""
+    L = residuals.shape[1]
+    slots = [residuals[:, 0] + (q[:, 0] - residuals[:, 0]).detach()] + [q[:, j].detach() for j in range(1, L)]
+    total = residuals.new_zeros(())
+    for l, cls in enumerate(classifiers):
+        n = (tags[:, l] >= 0).sum().clamp_min(1)
+        total = total + F.cross_entropy(cls(torch.cat(slots[: l + 1], 1)), tags[:, l], ignore_index=-1,
+                                        reduction="sum") / n
+        with torch.no_grad():  # the untrained projections: a value, no gradient to anything
+            p = anchor_proj[l](tag_embs[l])
+            anchor_term = (p - soft_prototype(p, codebooks[l].detach(), tau)).pow(2).sum(-1).mean()
+        total = total + anchor_term
+    return total
+
+
 @torch.no_grad()
 def fit_anchors(tag_embs: list[torch.Tensor], tags: torch.Tensor, residuals: torch.Tensor,
                 ridge: float = 1e-2) -> list[torch.Tensor]:
@@ -336,10 +442,17 @@ class PurifiedSemanticQuantizer(nn.Module):
         else:
             self.decoders = nn.ModuleDict({"joint": mlp([*rev, d_in], cfg.dropout)})
         if cfg.hsa:
-            if cfg.hsa_grad != "soft":  # learned projection (soft: fitted by `fit_anchors`, no parameters)
-                self.anchor_proj = nn.ModuleList(nn.Linear(tag_dim, cfg.d_cb) for _ in range(cfg.levels))
+            L, d = cfg.levels, cfg.d_cb
             self.fitted_anchors: list[torch.Tensor] | None = None  # soft reading: set by `refit_anchors`
-            self.classifiers = nn.ModuleList(nn.Linear((l + 1) * cfg.d_cb, max(n, 1)) for l, n in enumerate(n_tags))
+            if cfg.hsa_grad == "cell":  # anchors over the slots of levels 1..l; they are the classifier
+                self.anchor_proj = nn.ModuleList(nn.Linear(tag_dim, (l + 1) * d) for l in range(L))
+            elif cfg.hsa_grad == "official":  # 3-layer MLP classifiers; untrained anchor projections
+                self.classifiers = nn.ModuleList(mlp([(l + 1) * d, 128, 128, max(n, 1)], 0.0) for l, n in enumerate(n_tags))
+                self.anchor_proj = nn.ModuleList(nn.Linear(tag_dim, d) for _ in range(L)).requires_grad_(False)
+            else:
+                if cfg.hsa_grad != "soft":  # learned projection (soft: fitted by `fit_anchors`, no parameters)
+                    self.anchor_proj = nn.ModuleList(nn.Linear(tag_dim, d) for _ in range(L))
+                self.classifiers = nn.ModuleList(nn.Linear((l + 1) * d, max(n, 1)) for l, n in enumerate(n_tags))
 
     def purify(self, e_collab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Eq. 3: ẽ_collab = g ⊙ e_collab (g ≡ 1 without ACD)."""
@@ -401,6 +514,12 @@ class PurifiedSemanticQuantizer(nn.Module):
         embeddings (T_l, d_tag), projected by the learned `anchor_proj` (codebook/encoder readings);
         the soft reading uses the anchors `refit_anchors` fitted from them instead."""
         cfg, tags = self.cfg, batch["tags"]
+        if cfg.hsa_grad == "cell":
+            anchors = [self.anchor_proj[l](tag_embs[l]) for l in range(cfg.levels)]
+            return hsa_loss_cell(anchors, self.rq.codebooks, out["residuals"], tags, cfg.tau_hsa, cfg.hsa_usage)
+        if cfg.hsa_grad == "official":
+            return hsa_loss_official(self.anchor_proj, tag_embs, self.rq.codebooks, out["residuals"], out["q"], tags,
+                                     self.classifiers, cfg.tau_hsa)
         if cfg.hsa_grad == "soft":
             if self.fitted_anchors is None:
                 raise RuntimeError("soft HSA needs anchors: call refit_anchors(tag_embs, tags, residuals) first")

@@ -76,6 +76,16 @@ def encode_all(model: PurifiedSemanticQuantizer, data: dict, device: str, batch:
     return {k: torch.cat(v).numpy() for k, v in outs.items()}
 
 
+def make_optimizer(model: PurifiedSemanticQuantizer, tcfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over every trainable parameter (weight decay but on the codebooks); frozen ones (the
+    `official` HSA reading's untrained anchor projections) are left out. A parameter that gets a
+    gradient and is not here would be the official code's bug (tested)."""
+    cb = [model.rq.codebooks]
+    rest = [p for n_, p in model.named_parameters() if not n_.startswith("rq.") and p.requires_grad]
+    return torch.optim.AdamW([{"params": rest, "weight_decay": tcfg.weight_decay},
+                              {"params": cb, "weight_decay": 0.0}], lr=tcfg.lr)
+
+
 def train_quantizer(data: dict, qcfg: QuantizerConfig, tcfg: TrainConfig, device: str, seed: int) -> TokenizerOutput:
     n_tags = [int(t.shape[0]) for t in data["anchors"]]
     model = PurifiedSemanticQuantizer(qcfg, data["e_cont"].shape[1], data["e_collab"].shape[1],
@@ -97,10 +107,7 @@ def train_quantizer(data: dict, qcfg: QuantizerConfig, tcfg: TrainConfig, device
     # soft HSA: anchors fitted to the items' residuals, refitted every epoch (`fit_anchors`)
     if soft_hsa:
         model.refit_anchors(tag_embs, full["tags"], all_residuals())
-    cb = [model.rq.codebooks]
-    rest = [p for n_, p in model.named_parameters() if not n_.startswith("rq.")]
-    opt = torch.optim.AdamW([{"params": rest, "weight_decay": tcfg.weight_decay},
-                             {"params": cb, "weight_decay": 0.0}], lr=tcfg.lr)
+    opt = make_optimizer(model, tcfg)
     gen = torch.Generator().manual_seed(seed)
     n = len(full["e_cont"])
     best, best_epoch, history = float("inf"), 0, []
@@ -119,8 +126,8 @@ def train_quantizer(data: dict, qcfg: QuantizerConfig, tcfg: TrainConfig, device
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if qcfg.hsa and not soft_hsa:
-                model.rq.sync_ema()  # keep HSA's gradient step on the codebooks
+            if qcfg.hsa and qcfg.hsa_grad in ("codebook", "encoder"):
+                model.rq.sync_ema()  # keep HSA's gradient step on the codebooks (the readings that move them)
             model.rq.ema_update(out["codes"], out["residuals"].detach())
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().double() * len(idx)
