@@ -2,7 +2,7 @@
 
 import typer
 
-from . import collab, dedup, embed, evaluate, preprocess, quantize, recommend, report, synth, train
+from . import baseline, collab, dedup, embed, evaluate, preprocess, quantize, recommend, report, synth, train
 
 app = typer.Typer(
     name="prism",
@@ -19,6 +19,7 @@ app.command("quantize")(quantize.quantize_cmd)
 app.command("dedup")(dedup.dedup_cmd)
 app.command("train")(train.train_cmd)
 app.command("evaluate")(evaluate.evaluate_cmd)
+app.command("baseline")(baseline.baseline_cmd)
 app.command("recommend")(recommend.recommend_cmd)
 app.command("report")(report.report_cmd)
 app.command("synth")(synth.synth_cmd)
