@@ -22,9 +22,10 @@ repro: install
 test: install
 	pytest -q
 
-# the headline metrics of the workspace and every experiment, first (dvc exp show has ~270 columns)
+# the headline metrics of the workspace and every experiment, first (dvc exp show has ~300 columns): PRISM's
+# (metrics/eval.json), the SASRec baseline's (metrics/baseline.json) and popularity's, test R/N@10/20
 show:
-	dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|Created|^test\.(recall|ndcg)@(10|20)$$|^valid\.ndcg@20$$'
+	dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|Created|^(metrics/(eval|baseline)\.json:)?test\.(recall|ndcg)@(10|20)$$|^(metrics/eval\.json:)?valid\.ndcg@20$$|^(metrics/eval\.json:)?test_popularity_baseline\.(recall|ndcg)@20$$'
 
 clean-venv:
 	rm -rf $(VENV)
