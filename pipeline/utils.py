@@ -63,6 +63,17 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_curve(path: str | Path, rows: list[dict]) -> None:
+    """A per-epoch curve as CSV (DVC plots): one row per epoch, the union of the rows' keys as columns."""
+    import csv
+
+    fields = list(dict.fromkeys(k for row in rows for k in row)) or ["epoch"]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def write_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import typer
 from pipeline.baseline.sasrec import KS, SASRec, SASRecConfig, evaluate, fit
 from pipeline.metrics import popularity_topk, recall_ndcg, target_ranks
 from pipeline.recommender.seqdata import SeqData, Windows
-from pipeline.utils import DataError, atomic_path, resolve_device, seed_everything, write_json, write_torch
+from pipeline.utils import DataError, resolve_device, seed_everything, write_curve, write_json, write_torch
 
 from .common import DATA_OPT, PARAMS_OPT, SET_OPT, params, stage, summary
 
@@ -75,11 +74,7 @@ def baseline_cmd(
                                                                           d.targets), KS)
     result["wall_s"] = round(time.time() - t0, 1)
     write_json(metrics, result)
-    fields = list(dict.fromkeys(k for row in res.history for k in row)) or ["epoch"]
-    with atomic_path(curve) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(res.history)
+    write_curve(curve, res.history)
     t = result["test"]
     summary(f"baseline: SASRec {cfg.layers}x{cfg.d_model}, {result['epochs']} epochs (stopped: {result['stopped']}, best "
             f"{result['best_epoch']}), test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} R@20 {t['recall@20']:.4f} "

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import time
@@ -16,7 +15,7 @@ from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.seqdata import SeqData, Windows
 from pipeline.recommender.train import (PAPER_BATCH, FitConfig, fit, n_samples, scale_for_batch, steps_per_epoch,
                                         training_shapes)
-from pipeline.utils import atomic_path, log, resolve_device, seed_everything, write_json, write_torch
+from pipeline.utils import log, resolve_device, seed_everything, write_curve, write_json, write_torch
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
 
@@ -110,11 +109,7 @@ def _train(p, device, data, features, collab, sid, out, ckpt, metrics, curve):
     if res.history:
         info["last_samples_per_s"] = res.history[-1]["samples_per_s"]
     write_json(metrics, info)
-    fields = list(dict.fromkeys(k for row in res.history for k in row)) or ["epoch"]
-    with atomic_path(curve) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(res.history)
+    write_curve(curve, res.history)
     summary(f"train: {info['params']:,} params, {n_train:,} samples ({cfg.encoder} encoder), {info['epochs']}/{fcfg.max_epochs} epochs "
             f"(stopped: {info['stopped']}), best valid NDCG@20 {info['best_valid_ndcg@20']:.4f} at epoch "
             f"{info['best_epoch']} ({info['valid_users_per_epoch']} users), {info['train_wall_s']}s training on "

@@ -156,7 +156,7 @@ def fit(model: SASRec, train: Windows, valid: SeqData, seed: int, device: str, c
         epoch = state["epoch"] + 1
         model.train()
         t0 = time.time()
-        total, seen = torch.zeros(()), 0
+        total, seen = torch.zeros((), device=device), 0  # summed on the device, read once an epoch
         for idx in progress(window_batches(train, cfg.batch_size, rng), desc=f"baseline epoch {epoch}", leave=False):
             b = train.batch(idx, 1, device)
             loss = model.loss(b)
@@ -164,7 +164,7 @@ def fit(model: SASRec, train: Windows, valid: SeqData, seed: int, device: str, c
             loss.backward()
             opt.step()
             n = int(train.n_targets[idx].sum())
-            total += loss.detach().cpu() * n
+            total += loss.detach() * n
             seen += n
         train_s = time.time() - t0
         m = evaluate(model, valid, device, cfg.eval_batch)

@@ -159,6 +159,12 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+def written_out_attention(training: bool, p: float, x: torch.Tensor) -> bool:
+    """Whether attention is computed written out with `dropout`'s cheaper mask instead of SDPA: CPU
+    training with attention dropout, eager (compiled graphs and CUDA use SDPA)."""
+    return training and p > 0 and x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 class Attention(nn.Module):
     """Multi-head attention; `mask` is boolean, True = may attend, broadcastable to (B, heads, Tq, Tk).
     Self-attention projects queries, keys and values with one matmul (`qkv`); cross-attention
@@ -195,8 +201,7 @@ class Attention(nn.Module):
         return k, v
 
     def attend(self, q, k, v, mask=None, causal: bool = False):
-        if (self.training and self.drop > 0 and q.device.type == "cpu"
-                and not torch.compiler.is_compiling()):
+        if written_out_attention(self.training, self.drop, q):
             # SDPA's attention-probability dropout on CPU draws its mask with torch's slow CPU RNG:
             # the same computation written out, with `dropout`'s mask
             s = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
@@ -509,7 +514,7 @@ class PrismRecommender(nn.Module):
             mask = (it[None, :] <= it[:, None])[None, None]  # right padding never precedes a real item
         else:
             mask = ~mem_pad[:, None, None, :]
-        if self._written_out_attention(x):
+        if written_out_attention(self.training, self.cfg.dropout, x):
             mask = additive_mask(mask)  # once for all layers (the written-out attention adds it)
         for blk in self.encoder:
             x = blk(x, mask)
@@ -534,17 +539,12 @@ class PrismRecommender(nn.Module):
         if cross_mask is None:
             cross_mask = self.memory_mask(mem_pad)
         self_mask = None  # causal
-        if self._written_out_attention(x):  # the masks as additive biases, once for all layers
+        if written_out_attention(self.training, self.cfg.dropout, x):  # the masks as additive biases, once for all layers
             self_mask = additive_mask(torch.ones(t + 1, t + 1, dtype=torch.bool, device=x.device).tril())
             cross_mask = additive_mask(cross_mask)
         for blk in self.decoder:
             x = blk(x, self_mask, self_mask is None, blk.cross.keys_values(memory), cross_mask)
         return self.dec_norm(x)
-
-    def _written_out_attention(self, x: torch.Tensor) -> bool:
-        """Whether attention takes `Attention.attend`'s written-out path (CPU training, eager)."""
-        return (self.training and self.cfg.dropout > 0 and x.device.type == "cpu"
-                and not torch.compiler.is_compiling())
 
     def memory_mask(self, mem_pad: torch.Tensor, slot: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-attention mask of the decoder over the memory (B, T·L): every real memory token

@@ -286,22 +286,17 @@ class DeviceSamples:
 
     def __init__(self, train: "SeqData | Windows", n_buckets: int, device: str):
         self.windows = isinstance(train, Windows)
-        self.lengths = (train.end - train.start - 1) if self.windows else train.lengths  # history widths
-        self.samples = train.n_targets if self.windows else None
         all_rows = np.arange(len(train))
         if self.windows:
             b = train.batch(all_rows, n_buckets)
             rows = np.stack([b["hist"].numpy(), b["dt"].numpy(), b["target"].numpy(), b["tmask"].numpy()], 1)
             self.target = None
         else:
-            b = train.batch(all_rows, n_buckets, buckets=(int(self.lengths.max()),) if len(train) else ())
+            b = train.batch(all_rows, n_buckets, buckets=(int(train.lengths.max()),) if len(train) else ())
             rows = np.stack([b["hist"].numpy(), b["dt"].numpy()], 1)
             self.target = b["target"].to(device)
         self.rows = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
         self.device = device
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
     def upload(self, batches: list[HostBatch], fixed_shape: bool) -> EpochPlan:
         """The epoch plan on the device (one copy); `fixed_shape`: with the loss weights of padded rows."""
@@ -319,14 +314,14 @@ class DeviceSamples:
         """Step j of the plan: the batch dict the model's loss reads, and its number of training samples
         (known on the host). Histories are cut to the batch's width (its longest, or its bucket)."""
         hb = plan.batches[j]
-        idx = plan.rows[int(plan.offsets[j]):int(plan.offsets[j + 1])]
+        lo, hi = int(plan.offsets[j]), int(plan.offsets[j + 1])
+        idx = plan.rows[lo:hi]
         r = self.rows.index_select(0, idx)[..., : hb.width]
+        out = {"hist": r[:, 0], "pad": r[:, 0] < 0, "dt": r[:, 1]}
         if self.windows:  # the encoder reads the window's first W−1 items; slot j's target is item j+1
-            hist = r[:, 0]
-            out = {"hist": hist, "pad": hist < 0, "dt": r[:, 1], "target": r[:, 2], "tmask": r[:, 3] > 0}
+            out.update(target=r[:, 2], tmask=r[:, 3] > 0)
         else:
-            hist = r[:, 0]
-            out = {"hist": hist, "pad": hist < 0, "dt": r[:, 1], "target": self.target.index_select(0, idx)}
+            out["target"] = self.target.index_select(0, idx)
         if plan.weight is not None:
-            out["weight"] = plan.weight[int(plan.offsets[j]):int(plan.offsets[j + 1])]
+            out["weight"] = plan.weight[lo:hi]
         return out, hb.samples

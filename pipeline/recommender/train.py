@@ -147,10 +147,9 @@ def compiled_loss(model, device: str, backend: str = "inductor", mode: str | Non
     import torch._dynamo
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
-    if backend != "inductor" or torch.device(device).type != "cuda":
-        mode = None if mode == "reduce-overhead" or backend != "inductor" else mode
-    if mode == "default":
-        mode = None
+    cuda = torch.device(device).type == "cuda"
+    if backend != "inductor" or mode == "default" or (mode == "reduce-overhead" and not cuda):
+        mode = None  # torch.compile's default mode (CUDA graphs need CUDA; other backends take no mode)
     return torch.compile(model.loss, backend=backend, mode=mode, dynamic=False, fullgraph=fullgraph)
 
 
@@ -181,13 +180,11 @@ def make_optimizer(model, lr: float, device: str) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=torch.tensor(float(lr), device=device), fused=True)
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float, device: str | None = None) -> None:
-    """The learning rate of every group, in place; a float `lr` of a loaded checkpoint becomes a tensor."""
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """The learning rate of every group, filled in place (its tensor from `make_optimizer`, or made by
+    `fit` when it resumes an older checkpoint's float)."""
     for g in opt.param_groups:
-        if isinstance(g["lr"], torch.Tensor):
-            g["lr"].fill_(lr)
-        else:
-            g["lr"] = torch.tensor(float(lr), device=device or g["params"][0].device)
+        g["lr"].fill_(lr)
 
 
 def valid_users(setting: int | str, device: str) -> int:
