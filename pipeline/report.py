@@ -5,6 +5,11 @@ Input: `dvc exp show --json` (DVC 3: a list of baseline revisions, each with its
 experiment (and the baseline commit, when it has metrics) is one run; runs are grouped into variants
 by the params that differ from the baseline commit, `seed` aside, so
 `dvc exp run --queue -S seed=1 -S hsa=false` lands in the row "hsa=false" with its other seeds.
+
+Below PRISM's variants come the reference models of the same runs: SASRec (`metrics/baseline.json`, stage
+`baseline`) and the popularity floor (`test_popularity_baseline` of `metrics/eval.json`). Their rows are
+grouped by the params *their* stages read (dvc.yaml: the stage and the stages upstream of it), so a sweep
+over PRISM's params, which reruns nothing of SASRec's, gives one SASRec row and not one per experiment.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pipeline.utils import DataError
 
 METRICS = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20")
 HEAD = ("R@5", "R@10", "R@20", "N@5", "N@10", "N@20")
+EVAL_FILE, BASELINE_FILE = "metrics/eval.json", "metrics/baseline.json"
 TIGER_SWITCHES = {"tokenizer": "rqvae", "dsi": False, "ssa": False, "ats": False, "dt": False}
 
 # Beauty, test split (paper Table 2 / Table 4); None where the paper gives no figure
@@ -35,14 +41,27 @@ PAPER = {
         "w/o ats": {"recall@10": 0.0682, "recall@20": 0.1007, "ndcg@10": 0.0363},
     }
 }
+# Reference models, test split: the PRISM paper's Table 2 (all four datasets) and, for SASRec on Beauty, the
+# careful re-run with a full/sampled-softmax CE loss (independent benchmark, ../shared/notes/reference-facts.md)
+_T2 = {  # dataset: {model: (R@10, R@20, N@10, N@20)}
+    "beauty": {"SASRec": (0.0489, 0.0769, 0.0211, 0.0282), "TIGER": (0.0588, 0.0857, 0.0309, 0.0377)},
+    "sports": {"SASRec": (0.0295, 0.0471, 0.0126, 0.0170), "TIGER": (0.0401, 0.0617, 0.0210, 0.0264)},
+    "toys": {"SASRec": (0.0567, 0.0831, 0.0247, 0.0313), "TIGER": (0.0574, 0.0868, 0.0304, 0.0378)},
+    "cds": {"SASRec": (0.0479, 0.0790, 0.0208, 0.0286), "TIGER": (0.0580, 0.0863, 0.0308, 0.0380)},
+}
+for _ds, _models in _T2.items():
+    for _m, (_r10, _r20, _n10, _n20) in _models.items():
+        PAPER.setdefault(_ds, {}).setdefault(_m, {"recall@10": _r10, "recall@20": _r20, "ndcg@10": _n10, "ndcg@20": _n20})
+REFERENCE = {"beauty": {"SASRec": ("careful re-run, full CE", {"recall@10": 0.0921, "ndcg@10": 0.0531})}}
 
 
 @dataclass
 class Run:
     name: str
     params: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # metrics/eval.json (PRISM or TIGER); {} when the run has none
     is_exp: bool = True  # a DVC experiment (False: the baseline commit itself)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # every metrics file of the run
 
 
 @dataclass
@@ -69,33 +88,124 @@ def _file_data(section: dict | None, name: str) -> dict:
 
 
 def runs_from_exp_show(obj: list, params_file: str = "params.yaml",
-                       metrics_file: str = "metrics/eval.json") -> tuple[dict[str, Any], list[Run]]:
-    """The baseline commit's params and every finished run (the baseline too, if it has metrics)."""
+                       metrics_file: str = EVAL_FILE) -> tuple[dict[str, Any], list[Run]]:
+    """The baseline commit's params and every finished run (the baseline too, if it has metrics) with
+    `metrics_file`'s metrics; `all_runs_from_exp_show` also keeps runs with other metrics files only."""
+    base, runs = all_runs_from_exp_show(obj, params_file, metrics_file)
+    return base, [r for r in runs if r.metrics]
+
+
+def all_runs_from_exp_show(obj: list, params_file: str = "params.yaml",
+                           metrics_file: str = EVAL_FILE) -> tuple[dict[str, Any], list[Run]]:
     base_params: dict[str, Any] | None = None
     runs: list[Run] = []
+
+    def run(name: str, data: dict, is_exp: bool) -> Run | None:
+        files = {f: _file_data(data.get("metrics"), f) for f in (data.get("metrics") or {})}
+        files = {f: m for f, m in files.items() if m}
+        if not files:
+            return None
+        return Run(name, flatten(_file_data(data.get("params"), params_file)), files.get(metrics_file, {}), is_exp, files)
+
     for entry in obj:
         if entry.get("rev") == "workspace":
             continue  # the workspace is a copy of HEAD or of an applied experiment
         data = entry.get("data") or {}
-        params = flatten(_file_data(data.get("params"), params_file))
         if base_params is None:
-            base_params = params
-        metrics = _file_data(data.get("metrics"), metrics_file)
-        if metrics:
-            runs.append(Run(entry.get("name") or entry["rev"][:7], params, metrics, is_exp=False))
+            base_params = flatten(_file_data(data.get("params"), params_file))
+        r = run(entry.get("name") or entry["rev"][:7], data, False)
+        if r:
+            runs.append(r)
         for rng in entry.get("experiments") or []:
             state = ((rng.get("executor") or {}).get("state")) or "success"
             if state != "success" or not rng.get("revs"):
                 continue
             exp = rng["revs"][0]
-            ed = exp.get("data") or {}
-            metrics = _file_data(ed.get("metrics"), metrics_file)
-            if metrics:
-                runs.append(Run(rng.get("name") or exp.get("name") or exp["rev"][:7],
-                                flatten(_file_data(ed.get("params"), params_file)), metrics))
+            r = run(rng.get("name") or exp.get("name") or exp["rev"][:7], exp.get("data") or {}, True)
+            if r:
+                runs.append(r)
     if base_params is None:
         raise DataError("dvc exp show --json: no baseline commit found (is this a DVC repo with commits?)")
     return base_params, runs
+
+
+def stage_param_keys(dvc: dict, stage: str) -> tuple[str, ...]:
+    """The params `stage` of dvc.yaml reads, its own and those of every stage upstream of it (a stage is
+    upstream when one of its outs is, or contains, one of the stage's deps): whatever can change its output."""
+    stages = dvc.get("stages") or {}
+
+    def names(entries) -> list[str]:
+        out = []
+        for e in entries or []:
+            out.extend(e if isinstance(e, dict) else [e])
+        return [str(x) for x in out]
+
+    def params(entries) -> list[str]:
+        out = []
+        for e in entries or []:
+            if isinstance(e, dict):  # {file: [keys]}
+                for keys in e.values():
+                    out.extend(keys or [])
+            else:
+                out.append(e)
+        return [str(x) for x in out]
+
+    keys: set[str] = set()
+    todo, seen = [stage], set()
+    while todo:
+        s = todo.pop()
+        if s in seen or s not in stages:
+            continue
+        seen.add(s)
+        keys.update(params(stages[s].get("params")))
+        deps = names(stages[s].get("deps"))
+        for other, spec in stages.items():
+            outs = names(spec.get("outs")) + names(spec.get("metrics")) + names(spec.get("plots"))
+            if any(d == o or d.startswith(o.rstrip("/") + "/") for d in deps for o in outs):
+                todo.append(other)
+    return tuple(sorted(keys))
+
+
+def _reads(key: str, keys: tuple[str, ...]) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def reference_variants(base: dict[str, Any], runs: list[Run], keys: dict[str, tuple[str, ...]],
+                       ignore: tuple[str, ...] = ("seed",), split: str = "test") -> list[Variant]:
+    """SASRec (metrics/baseline.json) and popularity (metrics/eval.json's, else baseline.json's,
+    `<split>_popularity_baseline`) rows. `keys[model]`: the params the model's stages read (`stage_param_keys`);
+    runs that agree on all of them (seed included) are one result, counted once."""
+    out: list[Variant] = []
+    sources = {"SASRec": lambda r: r.files.get(BASELINE_FILE),
+               "popularity": lambda r: _popularity(r, split)}
+    for model, get in sources.items():
+        rel = keys.get(model, ())
+        seen: set[tuple] = set()
+        variants: dict[tuple, Variant] = {}
+        for r in runs:
+            m = get(r)
+            if not m:
+                continue
+            mine = {k: v for k, v in r.params.items() if _reads(k, rel)}
+            ident = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in mine.items()))
+            if ident in seen:
+                continue  # the same stage result reached from another experiment
+            seen.add(ident)
+            diff = {k: v for k, v in mine.items() if k not in ignore and base.get(k) != v}
+            key = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in diff.items()))
+            if key not in variants:
+                variants[key] = Variant(model + (f" ({_kv(diff)})" if diff else ""), diff)
+            variants[key].runs.append(Run(r.name, r.params, m, r.is_exp))
+        out.extend(sorted(variants.values(), key=lambda v: (len(v.diff), v.label)))
+    return out
+
+
+def _popularity(r: Run, split: str) -> dict | None:
+    for f in (EVAL_FILE, BASELINE_FILE):
+        m = (r.files.get(f) or {}).get(f"{split}_popularity_baseline")
+        if m:
+            return {split: m}
+    return None
 
 
 def group(base: dict[str, Any], runs: list[Run], ignore: tuple[str, ...] = ("seed",)) -> list[Variant]:
@@ -138,6 +248,8 @@ def paper_row(v: Variant, base: dict[str, Any]) -> dict | None:
     table = PAPER.get(str(params.get("dataset")))
     if not table:
         return None
+    if v.label.startswith(("SASRec", "popularity")):
+        return table.get("SASRec") if v.label == "SASRec" else None
     if v.label in ("baseline", "sweep default") and params.get("tokenizer", "prism") == "prism":
         return table["PRISM"]
     if v.label == "TIGER":
@@ -159,9 +271,12 @@ def mean_sd(xs: list[float]) -> str:
     return f"{m:.4f} ± {sd:.4f}"
 
 
-def table(base: dict[str, Any], variants: list[Variant], split: str = "test") -> str:
+def table(base: dict[str, Any], variants: list[Variant], split: str = "test",
+          references: list[Variant] = ()) -> str:
+    """PRISM's variants, then the reference models' rows (`reference_variants`), each followed by the
+    published figures for its dataset when known (test split only)."""
     lines = [f"| variant | seeds | {' | '.join(HEAD)} |", "|---|---|" + "---|" * len(HEAD)]
-    for v in variants:
+    for v in [*variants, *references]:
         seeds = sorted({r.params.get("seed") for r in v.runs}, key=str)
         vals = [mean_sd([float(r.metrics[split][m]) for r in v.runs if m in r.metrics.get(split, {})])
                 for m in METRICS]
@@ -170,6 +285,9 @@ def table(base: dict[str, Any], variants: list[Variant], split: str = "test") ->
         if paper and split == "test":
             lines.append(f"| ↳ paper ({v.runs[0].params.get('dataset', base.get('dataset'))}) | | "
                          + " | ".join(f"{paper[m]:.4f}" if m in paper else "–" for m in METRICS) + " |")
+        ref = REFERENCE.get(str({**base, **v.runs[0].params}.get("dataset")), {}).get(v.label)
+        if ref and split == "test":
+            lines.append(f"| ↳ {ref[0]} | | " + " | ".join(f"{ref[1][m]:.4f}" if m in ref[1] else "–" for m in METRICS) + " |")
     common = next((v.common for v in variants if v.common), None)
     if common:
         lines.append(f"\nAll experiments also set: {_kv(common)} (\"baseline\" is the commit itself).")

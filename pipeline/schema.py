@@ -193,6 +193,7 @@ SPEC: dict[str, Rule] = {
     "recommender.beam_size": Int(20, 4096),  # >= the largest K of validation (20)
     "recommender.eval_batch": Either(AUTO, POS),
     "baseline.model": Choice("sasrec"),
+    "baseline.max_len": Either(AUTO, Int(1, 1024)),
     "baseline.d_model": POS,
     "baseline.layers": POS,
     "baseline.heads": POS,

@@ -10,6 +10,7 @@ import pandas as pd
 import typer
 
 from pipeline.baseline.sasrec import KS, SASRec, SASRecConfig, evaluate, fit
+from pipeline.data.preprocess import longer_histories
 from pipeline.metrics import popularity_topk, recall_ndcg, target_ranks
 from pipeline.recommender.seqdata import SeqData, Windows
 from pipeline.utils import DataError, resolve_device, seed_everything, write_curve, write_json, write_torch
@@ -45,11 +46,15 @@ def baseline_cmd(
     items = pd.read_parquet(data / "items.parquet", columns=["item", "train_count"])
     train_df = pd.read_parquet(data / "train.parquet", columns=["user", "items", "times"])
     valid_df, test_df = pd.read_parquet(data / "valid.parquet"), pd.read_parquet(data / "test.parquet")
-    n_items, max_len = len(items), p["preprocess.max_seq_len"]
+    n_items, kept = len(items), p["preprocess.max_seq_len"]
+    max_len = kept if p[f"{b}.max_len"] == "auto" else p[f"{b}.max_len"]
     if len(train_df):
         _check_items(data / "train.parquet", np.concatenate(train_df["items"].to_numpy()), n_items)
     for name, df in (("valid.parquet", valid_df), ("test.parquet", test_df)):
         _check_items(data / name, df["target"].to_numpy(), n_items)
+    if max_len > kept:  # held-out histories were cut to preprocess.max_seq_len: rebuild them from train
+        valid_df, test_df = longer_histories(train_df, valid_df, test_df, max_len,
+                                             (str(data / "valid.parquet"), str(data / "test.parquet")))
     max_epochs = p[f"{b}.max_epochs"]
     if p["dataset"] == "synthetic":
         max_epochs = min(max_epochs, p["synthetic.baseline_epochs"])

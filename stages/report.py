@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from pipeline.report import exp_show_json, group, runs_from_exp_show, table
+import yaml
+
+from pipeline.report import all_runs_from_exp_show, exp_show_json, group, reference_variants, stage_param_keys, table
 from pipeline.utils import DataError, ParamError, atomic_path
 
 from .common import stage
@@ -17,9 +19,11 @@ def report_cmd(
     json_file: Path = typer.Option(None, "--json", help="saved `dvc exp show --json` output (default: run it)"),
     split: str = typer.Option("test", "--split", help="test | valid"),
     out: Path = typer.Option(None, "--out", help="write the markdown table here instead of stdout"),
+    dvc_file: Path = typer.Option(Path("dvc.yaml"), "--dvc", help="the pipeline: which params each model's stages read"),
 ):
     """Markdown results table over DVC experiments: variants (params that differ from the baseline commit,
-    seed aside) as rows, Recall/NDCG@{5,10,20} as mean ± sd over seeds, the paper's figures when known."""
+    seed aside) as rows, Recall/NDCG@{5,10,20} as mean ± sd over seeds, the paper's figures when known;
+    then SASRec (stage baseline) and popularity rows from the same runs."""
     if split not in ("test", "valid"):
         raise ParamError(f"--split must be 'test' or 'valid', got '{split}'")
     if json_file is not None:
@@ -29,15 +33,24 @@ def report_cmd(
             raise DataError(f"{json_file}: cannot read `dvc exp show --json` output ({exc}).") from None
     else:
         obj = exp_show_json()
-    base, runs = runs_from_exp_show(obj)
-    if not runs:
-        raise DataError("no finished run with metrics/eval.json: run `dvc repro` or `dvc exp run` first.")
-    variants = group(base, runs)
-    text = table(base, variants, split)
+    base, every = all_runs_from_exp_show(obj)
+    runs = [r for r in every if r.metrics]
+    if not every:
+        raise DataError("no finished run with metrics/eval.json or metrics/baseline.json: run `dvc repro` or "
+                        "`dvc exp run` first.")
+    try:
+        dvc = yaml.safe_load(dvc_file.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"{dvc_file}: cannot read the pipeline ({exc}); run from the project root or pass --dvc.") from None
+    keys = {"SASRec": stage_param_keys(dvc, "baseline"), "popularity": stage_param_keys(dvc, "preprocess")}
+    variants = group(base, runs) if runs else []
+    refs = reference_variants(base, every, keys, split=split)
+    text = table(base, variants, split, refs)
+    said = f"report: {len(runs)} runs in {len(variants)} variants, {len(refs)} reference rows ({split})"
     if out:
         with atomic_path(out) as tmp:
             tmp.write_text(text + "\n")
-        print(f"report: {len(runs)} runs in {len(variants)} variants ({split}) -> {out}")
+        print(f"{said} -> {out}")
     else:
         print(text)
-        print(f"report: {len(runs)} runs in {len(variants)} variants ({split})", file=sys.stderr)
+        print(said, file=sys.stderr)

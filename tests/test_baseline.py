@@ -72,7 +72,8 @@ def test_baseline_stage_writes_metrics_and_rejects_bad_input(tiny, tmp_path, cap
 
     data = _write(tiny, tmp_path)
     kw = dict(params_file=Path("params.yaml"), set_=["dataset=synthetic", "synthetic.baseline_epochs=2",
-                                                     "baseline.d_model=16", "baseline.layers=1"],
+                                                     "baseline.d_model=16", "baseline.layers=1",
+                                                     "baseline.max_len=30"],  # > max_seq_len: rebuilt histories
               data=data, out=tmp_path / "model", ckpt=tmp_path / "ck", metrics=tmp_path / "m.json",
               curve=tmp_path / "c.csv")
     baseline_cmd(**kw)
@@ -93,3 +94,25 @@ def test_baseline_stage_writes_metrics_and_rejects_bad_input(tiny, tmp_path, cap
         baseline_cmd(**kw)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "valid.parquet" in err[0]
+
+
+def test_longer_histories_are_the_untruncated_split_and_mismatches_are_refused(tiny_raw):
+    """baseline.max_len beyond preprocess.max_seq_len: valid/test histories rebuilt from train.parquet are
+    exactly what preprocess would have stored with the longer limit; files of another split are refused."""
+    from pipeline.data.preprocess import PreprocessConfig, longer_histories, preprocess
+    from pipeline.utils import DataError
+
+    short, long = preprocess(*tiny_raw, PreprocessConfig(max_seq_len=3)), preprocess(*tiny_raw, PreprocessConfig(max_seq_len=50))
+    assert max(len(h) for h in short.test["history"]) == 3 < max(len(h) for h in long.test["history"])
+    valid, test = longer_histories(short.train, short.valid, short.test, 50)
+    for got, want in ((valid, long.valid), (test, long.test)):
+        for col in ("history", "history_times"):
+            assert [list(x) for x in got[col]] == [list(x) for x in want[col]]
+        assert (got["target"].to_numpy() == want["target"].to_numpy()).all()
+    shuffled = short.test.sample(frac=1.0, random_state=0).reset_index(drop=True)  # row order does not matter
+    _, t2 = longer_histories(short.train, short.valid, shuffled, 50)
+    assert dict(zip(t2["user"], map(list, t2["history"]))) == dict(zip(long.test["user"], map(list, long.test["history"])))
+    other = short.valid.copy()
+    other.at[0, "history"] = list(other.at[0, "history"])[::-1] + [0]
+    with pytest.raises(DataError, match="valid.parquet: user .* not the end of its sequence.*dvc repro preprocess"):
+        longer_histories(short.train, other, short.test, 50)

@@ -140,3 +140,63 @@ def test_report_from_a_real_dvc_queue_of_two_seeds_and_two_variants(tmp_path, mo
     assert rows["baseline"][1] == "3 (1, 2, 42)" and rows["baseline"][3] == "0.0517 ± 0.0006"
     assert rows["hsa=false"][1] == "2 (1, 2)" and rows["hsa=false"][3] == "0.0415 ± 0.0007"
     assert rows["hsa=false"][2] == "0.0208 ± 0.0004"  # R@5 = x / 2
+
+
+def test_sasrec_and_popularity_rows_counted_once_per_result_of_their_own_stages():
+    """A sweep over PRISM's params reruns neither SASRec nor preprocess: their rows group the runs by the
+    params their stages read (dvc.yaml's closure), so two hsa variants x two seeds give one SASRec row with
+    two seeds, and a changed baseline param gives a second SASRec row. Published figures follow each row."""
+    import yaml
+
+    from pipeline.report import all_runs_from_exp_show, reference_variants, stage_param_keys
+
+    dvc = {"stages": {
+        "preprocess": {"cmd": "p", "params": ["seed", "dataset", "preprocess"], "outs": ["data/processed"]},
+        "baseline": {"cmd": "b", "deps": ["data/processed", "stages/baseline.py"], "params": ["seed", "baseline"],
+                     "metrics": [{"metrics/baseline.json": {"cache": False}}]},
+        "train": {"cmd": "t", "deps": ["data/processed"], "params": ["hsa", "recommender"], "outs": ["models/rec"]},
+    }}
+    keys = {"SASRec": stage_param_keys(dvc, "baseline"), "popularity": stage_param_keys(dvc, "preprocess")}
+    assert keys["SASRec"] == ("baseline", "dataset", "preprocess", "seed")
+
+    def exp(name, seed, x, hsa=True, dim=64):
+        params = {**json.loads(json.dumps(BASE)), "seed": seed, "hsa": hsa, "baseline": {"d_model": dim}}
+        st = _state(f"{name}0000", params, {**_metrics(x), "test_popularity_baseline": {"recall@10": 0.01 * seed}}, name)
+        sas = {**_metrics(0.08 + 0.001 * seed + (0.002 if dim != 64 else 0.0)),
+               "test_popularity_baseline": {"recall@10": 0.01 * seed}}
+        st["data"]["metrics"]["metrics/baseline.json"] = {"data": sas}
+        return {"revs": [st], "executor": {"state": "success"}, "name": name}
+
+    base = {**BASE, "baseline": {"d_model": 64}}
+    exps = [exp("a1", 1, 0.070), exp("a2", 2, 0.072), exp("b1", 1, 0.064, hsa=False), exp("b2", 2, 0.066, hsa=False),
+            exp("c1", 1, 0.070, dim=128)]
+    b, runs = all_runs_from_exp_show([_state("abc1234def", base, None, "main", exps)])
+    refs = reference_variants(b, runs, keys)
+    assert [(v.label, [r.params["seed"] for r in v.runs]) for v in refs] == [
+        ("SASRec", [1, 2]), ("SASRec (baseline.d_model=128)", [1]), ("popularity", [1, 2])]
+    text = table(b, group(b, [r for r in runs if r.metrics]), "test", refs)
+    lines = text.splitlines()
+    i = next(j for j, ln in enumerate(lines) if ln.startswith("| SASRec | 2 (1, 2)"))
+    assert "| 0.0815 ± 0.0007 |" in lines[i]  # R@10 of seeds 1, 2: 0.081, 0.082
+    assert lines[i + 1].startswith("| ↳ paper (beauty) | | – | 0.0489 | 0.0769 | – | 0.0211 | 0.0282 |")  # Table 2
+    assert lines[i + 2].startswith("| ↳ careful re-run, full CE | | – | 0.0921 | – | – | 0.0531 | – |")
+    pop = next(ln for ln in lines if ln.startswith("| popularity"))
+    assert pop.split(" | ")[1] == "2 (1, 2)" and "0.0150 ± 0.0071" in pop
+    assert yaml.safe_load(yaml.safe_dump(dvc)) == dvc
+
+
+def test_report_command_shows_sasrec_and_popularity_rows_of_the_real_pipeline(tmp_path):
+    """`prism report` on a saved exp show with this repo's dvc.yaml: the commit's PRISM, SASRec and
+    popularity rows; a sweep over lambda1 adds a PRISM row and no SASRec row."""
+    base = {**BASE, "lambda1": 0.5}
+    commit = _state("abc1234def", base, {**_metrics(0.07), "test_popularity_baseline": {"recall@10": 0.02}}, "main",
+                    [_exp("l04", 0.071, lambda1=0.4)])
+    commit["data"]["metrics"]["metrics/baseline.json"] = {"data": _metrics(0.08)}
+    commit["experiments"][0]["revs"][0]["data"]["metrics"]["metrics/baseline.json"] = {"data": _metrics(0.08)}
+    f = tmp_path / "exps.json"
+    f.write_text(json.dumps([commit]))
+    res = CliRunner().invoke(app, ["report", "--json", str(f)])
+    assert res.exit_code == 0, res.output
+    labels = [ln.split(" | ")[0].strip("| ") for ln in res.stdout.splitlines() if ln.startswith("| ") and "↳" not in ln]
+    assert labels[0] == "variant" and len(labels) == 5 and labels[3:] == ["SASRec", "popularity"]
+    assert "2 reference rows" in res.stderr

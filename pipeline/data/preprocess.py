@@ -100,6 +100,36 @@ def leave_one_out(df: pd.DataFrame, max_seq_len: int) -> tuple[pd.DataFrame, pd.
     return train, held_out(2), held_out(1)
 
 
+def longer_histories(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame, max_len: int,
+                     names: tuple[str, str] = ("valid.parquet", "test.parquet")) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """valid/test with histories of up to `max_len` items rebuilt from the untruncated train sequences
+    (`leave_one_out`: valid history = the train sequence, test history = it + the valid target), for a
+    model that reads longer histories than `preprocess.max_seq_len` kept. The stored (truncated) histories
+    must be the tails of the rebuilt ones, else the three files are not one split (DataError)."""
+    seqs = {u: (list(i), list(t)) for u, i, t in zip(train["user"], train["items"], train["times"])}
+    out = []
+    for name, df in zip(names, (valid, test)):
+        hists, htimes = [], []
+        for u, stored in zip(df["user"].to_numpy(), df["history"].to_numpy()):
+            if u not in seqs:
+                raise DataError(f"{name}: user {u!r} has no train sequence in train.parquet; the preprocess outputs "
+                                "do not belong together: re-run `dvc repro preprocess`.")
+            full, ftimes = seqs[u]
+            k = len(stored)
+            if k > len(full) or full[len(full) - k:] != list(stored):
+                raise DataError(f"{name}: user {u!r}'s history is not the end of its sequence in train.parquet; "
+                                "the preprocess outputs do not belong together: re-run `dvc repro preprocess`.")
+            hists.append(full[-max_len:])
+            htimes.append(ftimes[-max_len:])
+        new = df.copy()
+        new["history"], new["history_times"] = hists, htimes
+        out.append(new)
+        # the next split's histories end with this split's target
+        seqs = {u: (seqs[u][0] + [int(t)], seqs[u][1] + [int(tt)])
+                for u, t, tt in zip(df["user"], df["target"], df["target_time"])}
+    return out[0], out[1]
+
+
 def popularity(counts: np.ndarray, transform: str = "none") -> np.ndarray:
     """p_v of Eq. 4: train-split interaction counts min-max scaled to [0, 1].
 
