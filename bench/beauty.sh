@@ -42,8 +42,8 @@ ev() {  # name, tokenizer variant, tag, overrides...
     --model "$o/model" --predictions "$o/predictions$t.parquet" --metrics "$o/eval$t.json" --groups-plot "$o/groups$t.csv" \
     > "$o/eval$t.out" 2> "$o/eval$t.err"
 }
-TIGER=(-S dsi=false -S ssa=false -S ats=false -S dt=false)
-if has tok; then tok full & tok rqvae -S tokenizer=rqvae & wait; fi
+TIGER=(-S variant=tiger)
+if has tok; then tok full & tok rqvae "${TIGER[@]}" & wait; fi
 if has rec; then rec prism full & rec tiger rqvae "${TIGER[@]}" & wait; fi
 if has eval; then
   ev prism full "" & ev tiger rqvae "" "${TIGER[@]}" & wait

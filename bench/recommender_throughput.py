@@ -36,7 +36,7 @@ from pipeline.recommender.evaluate import batch1_latency_ms, decode_batch, rank 
 from pipeline.recommender.evaluate import sync_device as sync
 from pipeline.recommender.seqdata import DeviceSamples, SeqData, Windows  # noqa: E402
 from pipeline.recommender.train import (FitConfig, compiled_loss, epoch_plan, make_optimizer,  # noqa: E402
-                                        n_samples, train_step, training_shapes)
+                                        train_step, training_shapes)
 
 
 def machine() -> str:
@@ -201,7 +201,7 @@ def bench(device: str, a, p, steps: int, users: int, amp_arg: str, backend: str 
     sps = n / (time.perf_counter() - t0)
     if profile:
         profile_steps(device, range(timed.stop, min(timed.stop + profile, len(plan))), run_steps)
-    total = n_samples(train)
+    total = train.n_samples
     epoch_min = total / sps / 60
     print(f"{device} {cfg.encoder} amp={amp.mode}{' compiled' if compiled else ''}: train {sps:,.0f} samples/s "
           f"({total:,} samples/epoch -> {epoch_min:.1f} min/epoch), {model.n_params():,} params")

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from ruamel.yaml import YAML
 
-from pipeline import schema
+from pipeline import schema, variants
 from pipeline.utils import ParamError, PrismError
 
 
@@ -27,7 +27,8 @@ class ParamsError(PrismError, KeyError):
 
 
 class Params:
-    """Read-only view on the params dict that records the dotted keys accessed."""
+    """Read-only view on the params dict that records the dotted keys accessed. A switch set to `auto`
+    reads as its variant's value (pipeline/variants.py), and `variant` is then recorded as read too."""
 
     def __init__(self, data: dict[str, Any], source: str = "params.yaml"):
         self._data = data
@@ -44,6 +45,8 @@ class Params:
                 )
             node = node[part]
         self.accessed.add(key)
+        if key in variants.SWITCHES and node == variants.AUTO:  # the variant's value (records `variant` read)
+            node = variants.resolve(key, node, self["variant"])
         return node
 
     def get(self, key: str, default: Any = None) -> Any:

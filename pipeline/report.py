@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import variants as presets
 from pipeline.utils import DataError
 
 METRICS = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20")
 HEAD = ("R@5", "R@10", "R@20", "N@5", "N@10", "N@20")
 EVAL_FILE, BASELINE_FILE = "metrics/eval.json", "metrics/baseline.json"
-TIGER_SWITCHES = {"tokenizer": "rqvae", "dsi": False, "ssa": False, "ats": False, "dt": False}
 
 # Beauty, test split (paper Table 2 / Table 4); None where the paper gives no figure
 PAPER = {
@@ -105,14 +105,15 @@ def all_runs_from_exp_show(obj: list, params_file: str = "params.yaml",
         files = {f: m for f, m in files.items() if m}
         if not files:
             return None
-        return Run(name, flatten(_file_data(data.get("params"), params_file)), files.get(metrics_file, {}), is_exp, files)
+        params = presets.resolved(flatten(_file_data(data.get("params"), params_file)))
+        return Run(name, params, files.get(metrics_file, {}), is_exp, files)
 
     for entry in obj:
         if entry.get("rev") == "workspace":
             continue  # the workspace is a copy of HEAD or of an applied experiment
         data = entry.get("data") or {}
         if base_params is None:
-            base_params = flatten(_file_data(data.get("params"), params_file))
+            base_params = presets.resolved(flatten(_file_data(data.get("params"), params_file)))
         r = run(entry.get("name") or entry["rev"][:7], data, False)
         if r:
             runs.append(r)
@@ -209,33 +210,40 @@ def _popularity(r: Run, split: str) -> dict | None:
 
 
 def group(base: dict[str, Any], runs: list[Run], ignore: tuple[str, ...] = ("seed",)) -> list[Variant]:
-    variants: dict[tuple, Variant] = {}
+    """Runs grouped into variants by the params that differ from the baseline commit's (`seed` aside),
+    each labelled by exactly those params (or its variant's name, pipeline/variants.py). Only when the
+    commit itself has no run in the table are the settings every experiment shares stated once under
+    it and left out of the labels (the row with none left is the "sweep default")."""
+    variants_: dict[tuple, Variant] = {}
     for r in runs:
         diff = {k: v for k, v in r.params.items() if k not in ignore and base.get(k) != v}
         diff.update({k: None for k in base if k not in r.params and k not in ignore})
         key = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in diff.items()))
-        if key not in variants:
-            variants[key] = Variant(label(diff), diff)
-        variants[key].runs.append(r)
-    # settings every experiment shares (e.g. a sweep's dataset or epochs) are stated once, not in each row
-    exps = [v for v in variants.values() if any(r.is_exp for r in v.runs)]
-    if exps:
+        if key not in variants_:
+            variants_[key] = Variant(label(diff, base), diff)
+        variants_[key].runs.append(r)
+    exps = [v for v in variants_.values() if any(r.is_exp for r in v.runs)]
+    if exps and not any(not r.is_exp for r in runs):
         common = {k: val for k, val in exps[0].diff.items()
                   if all(k in v.diff and v.diff[k] == val for v in exps[1:])}
         if common:
             for v in exps:
                 v.diff = {k: val for k, val in v.diff.items() if k not in common}
-                v.label = label(v.diff) if v.diff else "sweep default"
+                v.label = label(v.diff, {**base, **common}) if v.diff else "sweep default"
                 v.common = common
-    return sorted(variants.values(), key=lambda v: (bool(v.common), len(v.diff), v.label))
+    return sorted(variants_.values(), key=lambda v: (bool(v.common), len(v.diff), v.label))
 
 
-def label(diff: dict[str, Any]) -> str:
+def label(diff: dict[str, Any], base: dict[str, Any] | None = None) -> str:
+    """The params that differ from the baseline row; a run whose switches are exactly another variant's
+    than the baseline's is named by that variant ("TIGER", "TIGER (lambda1=0.4)")."""
     if not diff:
         return "baseline"
-    if all(diff.get(k) == v for k, v in TIGER_SWITCHES.items()):
-        rest = {k: v for k, v in diff.items() if k not in TIGER_SWITCHES}
-        return "TIGER" + (f" ({_kv(rest)})" if rest else "")
+    base = base or {}
+    mine = presets.variant_of({**base, **diff})
+    if mine and mine != presets.variant_of(base):
+        rest = {k: v for k, v in diff.items() if k not in presets.SWITCHES}
+        return presets.LABELS[mine] + (f" ({_kv(rest)})" if rest else "")
     return _kv(diff)
 
 
@@ -243,21 +251,27 @@ def _kv(d: dict[str, Any]) -> str:
     return ", ".join(f"{k}={'true' if v is True else 'false' if v is False else v}" for k, v in sorted(d.items()))
 
 
+# params that say where and how a run happens, not what it is: a row changing only these still faces the paper
+SETUP_KEYS = ("dataset", "raw_dir", "download", "device", "embed_model")
+
+
 def paper_row(v: Variant, base: dict[str, Any]) -> dict | None:
+    """The paper's figure for a row: by its variant (PRISM, TIGER) or PRISM with one switch off (Table 4),
+    when nothing else differs from the commit but where the data is (`SETUP_KEYS`)."""
     params = {**base, **v.runs[0].params}
     table = PAPER.get(str(params.get("dataset")))
-    if not table:
+    if not table or v.label.startswith(("SASRec", "popularity")):
+        return (table or {}).get("SASRec") if v.label == "SASRec" else None
+    if any(k not in presets.SWITCHES and k not in SETUP_KEYS for k in v.diff):
         return None
-    if v.label.startswith(("SASRec", "popularity")):
-        return table.get("SASRec") if v.label == "SASRec" else None
-    if v.label in ("baseline", "sweep default") and params.get("tokenizer", "prism") == "prism":
+    name = presets.variant_of(params)
+    if name == "prism":
         return table["PRISM"]
-    if v.label == "TIGER":
+    if name == "tiger":
         return table["TIGER"]
-    if len(v.diff) == 1:
-        (k, val), = v.diff.items()
-        if val is False and f"w/o {k}" in table:
-            return table[f"w/o {k}"]
+    off = [k for k in presets.SWITCHES[1:] if params.get(k) is False]
+    if params.get("tokenizer") == "prism" and len(off) == 1 and f"w/o {off[0]}" in table:
+        return table[f"w/o {off[0]}"]
     return None
 
 
@@ -290,7 +304,13 @@ def table(base: dict[str, Any], variants: list[Variant], split: str = "test",
             lines.append(f"| ↳ {ref[0]} | | " + " | ".join(f"{ref[1][m]:.4f}" if m in ref[1] else "–" for m in METRICS) + " |")
     common = next((v.common for v in variants if v.common), None)
     if common:
-        lines.append(f"\nAll experiments also set: {_kv(common)} (\"baseline\" is the commit itself).")
+        lines.append(f"\nAll experiments also set: {_kv(common)}; the rows name what else they change.")
+    committed = next((r for v in variants for r in v.runs if not r.is_exp), None)
+    if committed is not None:
+        where = ", ".join(str(committed.metrics[k]) for k in ("device", "amp_reason") if committed.metrics.get(k))
+        lines.append(f"\n\"baseline\" is the committed metrics of {committed.name} ({EVAL_FILE}"
+                     + (f": {where}" if where else "") + "), made where that commit was made, possibly on another "
+                     "machine or CPU class; `dvc exp run` with no change gives this machine's figure.")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipeline.utils import ParamError
+from pipeline.variants import VARIANTS
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,9 @@ SPEC: dict[str, Rule] = {
     "tau_max": Float(0.0, lo_open=True),
     "alpha": NONNEG,
     "d_moe": POS,
-    "tokenizer": Choice("prism", "rqvae", "rqkmeans"),
-    **{k: BOOL for k in ("acd", "hsa", "dhr", "dsi", "ssa", "ats", "dt")},
+    "variant": Choice(*VARIANTS),
+    "tokenizer": Choice("auto", "prism", "rqvae", "rqkmeans"),
+    **{k: Either(AUTO, BOOL) for k in ("acd", "hsa", "dhr", "dsi", "ssa", "ats", "dt")},
     "decode_norm": Choice("renorm", "full"),
     "synthetic.size": Choice("tiny", "small", "cds"),
     "synthetic.max_epochs": POS,

@@ -13,7 +13,7 @@ from pipeline.config import Params
 from pipeline.recommender.assets import build_model, load_assets, model_config
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.seqdata import SeqData, Windows
-from pipeline.recommender.train import (PAPER_BATCH, FitConfig, fit, n_samples, scale_for_batch, steps_per_epoch,
+from pipeline.recommender.train import (PAPER_BATCH, FitConfig, fit, scale_for_batch, steps_per_epoch,
                                         training_shapes)
 from pipeline.utils import log, resolve_device, seed_everything, write_curve, write_json, write_torch
 
@@ -101,7 +101,7 @@ def _train(p, device, data, features, collab, sid, out, ckpt, metrics, curve):
     if not dd.is_main():
         return
     write_torch(out / "model.pt", {"config": cfg.to_dict(), "state_dict": res.best_state})
-    n_train = n_samples(train)
+    n_train = train.n_samples
     info = {**res.info, "params": model.n_params(), "train_samples": n_train, "device": device,
             "wall_s": round(time.time() - t0, 1)}
     if rule != "none":  # the learning rate and warmup actually used

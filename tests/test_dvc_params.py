@@ -197,5 +197,6 @@ def test_every_param_train_reads_enters_the_resume_fingerprint_or_is_listed_resu
         return q
 
     for key in sorted(read):
-        changed = resume_fingerprint(with_value(key, _other(p[key])), ["derived"]) != base
+        other = "tiger" if key == "variant" else _other(p[key])  # a variant must be a known name
+        changed = resume_fingerprint(with_value(key, other), ["derived"]) != base
         assert changed == (key not in RESUME_SAFE), key

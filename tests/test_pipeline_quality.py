@@ -69,8 +69,7 @@ def test_tiger_configuration_runs_the_same_stages(prism_run, tmp_path, monkeypat
     shutil.copy(work / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
-    tiger = ["-S", "tokenizer=rqvae", "-S", "dsi=false", "-S", "ssa=false", "-S", "ats=false", "-S", "dt=false",
-             "-S", "recommender.max_epochs=2"]
+    tiger = ["-S", "variant=tiger", "-S", "recommender.max_epochs=2"]
     for stage in ["quantize", "dedup", "train", "evaluate"]:
         res = runner.invoke(app, [stage, *FAST, *tiger])
         assert res.exit_code == 0, (stage, res.output)

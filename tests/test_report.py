@@ -68,22 +68,54 @@ def test_report_command_reads_saved_json(tmp_path):
     assert res.exit_code == 1 and "cannot read" in res.stderr
 
 
-def test_settings_shared_by_every_experiment_are_stated_once():
+def test_labels_name_what_differs_from_the_baseline_row_and_shared_settings_only_without_one():
+    """Issue 23: a row's label names every param that differs from the baseline row (a lone
+    `-S lambda1=0.4` experiment is "lambda1=0.4", not "sweep default"); settings all experiments share
+    are stated once under the table only when the commit has no row of its own."""
     base = {**BASE, "dataset": "synthetic"}
     exps = [_exp("a1", 0.070, seed=1, dataset="beauty"), _exp("a2", 0.072, seed=2, dataset="beauty"),
             _exp("b1", 0.064, seed=1, dataset="beauty", hsa=False)]
-    obj = [_state("abc1234def", base, {"test": {"recall@10": 0.3}}, "main", exps)]
+    obj = [_state("abc1234def", base, {"test": {"recall@10": 0.3}, "device": "cpu"}, "main", exps)]
     b, runs = runs_from_exp_show(obj)
     variants = group(b, runs)
-    assert [v.label for v in variants] == ["baseline", "sweep default", "hsa=false"]
+    assert [v.label for v in variants] == ["baseline", "dataset=beauty", "dataset=beauty, hsa=false"]
     text = table(b, variants)
-    assert "All experiments also set: dataset=beauty" in text
+    assert "All experiments also set" not in text
+    assert '"baseline" is the committed metrics of main (metrics/eval.json: cpu)' in text
     lines = text.splitlines()
     # the paper's Beauty figures follow the experiments' dataset, not the commit's
-    i = next(j for j, ln in enumerate(lines) if ln.startswith("| sweep default"))
+    i = next(j for j, ln in enumerate(lines) if ln.startswith("| dataset=beauty |"))
     assert lines[i + 1].startswith("| ↳ paper (beauty) | | – | 0.0713 |")
-    i = next(j for j, ln in enumerate(lines) if ln.startswith("| hsa=false"))
+    i = next(j for j, ln in enumerate(lines) if ln.startswith("| dataset=beauty, hsa=false"))
     assert lines[i + 1].startswith("| ↳ paper (beauty) | | – | 0.0652 |")
+    # without metrics at the commit: shared settings once, under the table
+    b, runs = runs_from_exp_show([_state("abc1234def", base, None, "main", exps)])
+    variants = group(b, runs)
+    assert [v.label for v in variants] == ["sweep default", "hsa=false"]
+    assert "All experiments also set: dataset=beauty" in table(b, variants)
+    # one experiment after `make repro`: named by its param
+    one = [_state("abc1234def", BASE, _metrics(0.07), "main", [_exp("l", 0.071, lambda1=0.4)])]
+    b, runs = runs_from_exp_show(one)
+    assert [v.label for v in group(b, runs)] == ["baseline", "lambda1=0.4"]
+
+
+def test_variant_presets_and_their_long_spelling_are_one_row_named_by_the_variant():
+    """`-S variant=tiger` and the switches spelled out are the same run: one row, "TIGER"; a variant plus
+    an override is named by what it adds; `auto` switches resolve through the variant."""
+    auto = {**BASE, "variant": "prism", "tokenizer": "auto", **{k: "auto" for k in ("acd", "hsa", "dhr", "dsi", "ssa",
+                                                                                       "ats", "dt")}}
+    exps = [_exp("t1", 0.058, seed=1, variant="tiger"),
+            _exp("t2", 0.060, seed=2, tokenizer="rqvae", dsi=False, ssa=False, ats=False, dt=False),
+            _exp("t3", 0.059, seed=3, variant="tiger", lambda1=0.4),
+            _exp("k1", 0.050, seed=1, variant="rqkmeans"),
+            _exp("h1", 0.065, seed=1, hsa=False)]
+    for e in exps:  # every experiment has the full params, as dvc writes them
+        e["revs"][0]["data"]["params"]["params.yaml"]["data"] = {**auto, **{
+            k: v for k, v in e["revs"][0]["data"]["params"]["params.yaml"]["data"].items() if k not in BASE
+            or v != BASE[k]}}
+    b, runs = runs_from_exp_show([_state("abc1234def", auto, _metrics(0.07), "main", exps)])
+    labels = {v.label: len(v.runs) for v in group(b, runs)}
+    assert labels == {"baseline": 1, "TIGER": 2, "TIGER (lambda1=0.4)": 1, "RQ-KMeans": 1, "hsa=false": 1}, labels
 
 
 FAKE_STAGE = '''\

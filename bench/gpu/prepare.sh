@@ -21,7 +21,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
   if [ "${LIGHT:-0}" != 1 ]; then
     prism collab "${S[@]}" --data "$IN/processed" --out "$IN/collab" --metrics "$W/collab.json" --curve "$W/collab.csv" >/dev/null
     for v in prism rqvae; do
-      prism quantize "${S[@]}" -S tokenizer=$v --data "$IN/processed" --features "$IN/features" --collab "$IN/collab" \
+      variant=$([ $v = rqvae ] && echo tiger || echo prism)
+      prism quantize "${S[@]}" -S variant=$variant --data "$IN/processed" --features "$IN/features" --collab "$IN/collab" \
         --out "$W/q_$v" --metrics "$W/q_$v.json" --curve "$W/q_$v.csv" >/dev/null
       prism dedup "${S[@]}" --data "$IN/processed" --quantizer "$W/q_$v" --out "$IN/sid_$v" --metrics "$W/d_$v.json" >/dev/null
     done

@@ -37,8 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TIGER = ["-S", "dsi=false", "-S", "ssa=false", "-S", "ats=false", "-S", "dt=false"]
-RUNS = {"prism": ("sid_prism", []), "tiger": ("sid_rqvae", TIGER)}
+RUNS = {"prism": ("sid_prism", ["-S", "variant=prism"]), "tiger": ("sid_rqvae", ["-S", "variant=tiger"])}
 
 
 # smoke runs check the plumbing, not the model: one encoder and one decoder layer (a quarter of the CPU time)
@@ -173,8 +172,8 @@ def phase_prep(r: Run, qepochs: int | None) -> None:
         r.paths["collab"] = w / "collab"
         prep["collab"] = read_json(w / "collab.json")
     procs = {}
-    for v, tok in (("prism", "prism"), ("rqvae", "rqvae")):
-        cmd = r.prism("quantize", *r.common, *small, "-S", f"tokenizer={tok}", "--data", str(r.inp / "processed"),
+    for v, variant in (("prism", "prism"), ("rqvae", "tiger")):
+        cmd = r.prism("quantize", *r.common, *small, "-S", f"variant={variant}", "--data", str(r.inp / "processed"),
                       "--features", str(r.inp / "features"), "--collab", str(r.paths["collab"]), "--out",
                       str(w / f"q_{v}"), "--metrics", str(w / f"q_{v}.json"), "--curve", str(w / f"q_{v}.csv"))
         procs[v] = r.start(f"prep_quantize_{v}", cmd)

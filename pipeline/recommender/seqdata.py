@@ -21,6 +21,7 @@ sequence is no longer than max_len + 1, which is the common case).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -62,13 +63,41 @@ def dt_bucket(age_seconds: np.ndarray, n_buckets: int) -> np.ndarray:
 
 @dataclass
 class SeqData:
+    """Samples (history -> next item), one per row. As a training set it shares `Windows`' interface
+    (`causal`, `n_samples`, `plan`, `device_rows`, `fields`), so the training loop never asks which it has."""
+
     items: np.ndarray  # flat item indices
     times: np.ndarray  # flat unix times
     start: np.ndarray  # per sample
     end: np.ndarray  # per sample: position of the target
+    causal: ClassVar[bool] = False  # trains the bidirectional encoder
 
     def __len__(self) -> int:
         return len(self.end)
+
+    @property
+    def n_samples(self) -> int:
+        """Training samples (prefix -> next item pairs): one per row."""
+        return len(self)
+
+    def plan(self, batch_size: int, rng: np.random.Generator, bucket: bool,
+             buckets: tuple[int, ...] = ()) -> list["HostBatch"]:
+        """An epoch's batches of `batch_size` samples: fixed shapes by length bucket with `buckets`
+        (`static_batches`), else each padded to its longest history, similar lengths together with `bucket`."""
+        if buckets:
+            return static_batches(self.lengths, lambda w: batch_size, rng, buckets)
+        return [HostBatch(i, len(i), int(self.lengths[i].max()), len(i))
+                for i in epoch_batches(len(self), batch_size, rng, self.lengths, bucket)]
+
+    def device_rows(self, n_buckets: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every row padded to the longest: (N, 2, W) history items and Δt buckets, and the targets (N,)."""
+        b = self.batch(np.arange(len(self)), n_buckets, buckets=(int(self.lengths.max()),) if len(self) else ())
+        return np.stack([b["hist"].numpy(), b["dt"].numpy()], 1), b["target"].numpy()
+
+    @staticmethod
+    def fields(rows: torch.Tensor, target: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The batch entries beyond hist/pad/dt, from a step's `device_rows` and targets."""
+        return {"target": target}
 
     @property
     def lengths(self) -> np.ndarray:
@@ -145,9 +174,31 @@ class Windows:
     start: np.ndarray
     end: np.ndarray
     first: np.ndarray  # local index of the first target trained in the window
+    causal: ClassVar[bool] = True  # trains the causal encoder
 
     def __len__(self) -> int:
         return len(self.end)
+
+    def plan(self, batch_size: int, rng: np.random.Generator, bucket: bool,
+             buckets: tuple[int, ...] = ()) -> list["HostBatch"]:
+        """An epoch's batches: with `buckets`, batch_size // width windows of that history width
+        (`static_batches`); else windows holding ~batch_size samples (`window_batches`)."""
+        if buckets:
+            return static_batches(self.end - self.start - 1, lambda w: max(1, batch_size // w), rng, buckets,
+                                  self.n_targets)
+        return [HostBatch(i, len(i), int((self.end[i] - self.start[i]).max()) - 1, int(self.n_targets[i].sum()))
+                for i in window_batches(self, batch_size, rng, bucket)]
+
+    def device_rows(self, n_buckets: int) -> tuple[np.ndarray, None]:
+        """Every window padded to the longest: (N, 4, W) history items, Δt buckets, each slot's target and
+        whether it is trained (the targets live in the rows)."""
+        b = self.batch(np.arange(len(self)), n_buckets)
+        return np.stack([b["hist"].numpy(), b["dt"].numpy(), b["target"].numpy(), b["tmask"].numpy()], 1), None
+
+    @staticmethod
+    def fields(rows: torch.Tensor, target: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The encoder reads the window's first W−1 items; slot j's target is item j+1."""
+        return {"target": rows[:, 2], "tmask": rows[:, 3] > 0}
 
     @property
     def n_targets(self) -> np.ndarray:
@@ -285,17 +336,10 @@ class DeviceSamples:
     windows, each slot's target and whether it is trained; `target` (N,) the target of a sample (SeqData)."""
 
     def __init__(self, train: "SeqData | Windows", n_buckets: int, device: str):
-        self.windows = isinstance(train, Windows)
-        all_rows = np.arange(len(train))
-        if self.windows:
-            b = train.batch(all_rows, n_buckets)
-            rows = np.stack([b["hist"].numpy(), b["dt"].numpy(), b["target"].numpy(), b["tmask"].numpy()], 1)
-            self.target = None
-        else:
-            b = train.batch(all_rows, n_buckets, buckets=(int(train.lengths.max()),) if len(train) else ())
-            rows = np.stack([b["hist"].numpy(), b["dt"].numpy()], 1)
-            self.target = b["target"].to(device)
+        rows, target = train.device_rows(n_buckets)
+        self.fields = train.fields
         self.rows = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+        self.target = None if target is None else torch.from_numpy(np.ascontiguousarray(target)).to(device)
         self.device = device
 
     def upload(self, batches: list[HostBatch], fixed_shape: bool) -> EpochPlan:
@@ -317,11 +361,8 @@ class DeviceSamples:
         lo, hi = int(plan.offsets[j]), int(plan.offsets[j + 1])
         idx = plan.rows[lo:hi]
         r = self.rows.index_select(0, idx)[..., : hb.width]
-        out = {"hist": r[:, 0], "pad": r[:, 0] < 0, "dt": r[:, 1]}
-        if self.windows:  # the encoder reads the window's first W−1 items; slot j's target is item j+1
-            out.update(target=r[:, 2], tmask=r[:, 3] > 0)
-        else:
-            out["target"] = self.target.index_select(0, idx)
+        out = {"hist": r[:, 0], "pad": r[:, 0] < 0, "dt": r[:, 1],
+               **self.fields(r, None if self.target is None else self.target.index_select(0, idx))}
         if plan.weight is not None:
             out["weight"] = plan.weight[lo:hi]
         return out, hb.samples

@@ -34,8 +34,7 @@ from pipeline.progress import progress as progress_bar
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.evaluate import evaluate_split
 from pipeline.recommender.model import dropout_stream
-from pipeline.recommender.seqdata import (DeviceSamples, HostBatch, SeqData, Windows, epoch_batches,
-                                         static_batches, window_batches)
+from pipeline.recommender.seqdata import DeviceSamples, HostBatch, SeqData, Windows
 from pipeline.utils import ParamError, load_torch, log, write_torch
 
 
@@ -227,33 +226,16 @@ def lr_factor(cfg: FitConfig, step: int, total_steps: int, train_s: float = 0.0,
     return warm * 0.5 * (1 + math.cos(math.pi * min(max(prog, 0.0), 1.0)))
 
 
-def epoch_plan(train, batch_size: int, rng: np.random.Generator, bucket: bool,
+def epoch_plan(train: SeqData | Windows, batch_size: int, rng: np.random.Generator, bucket: bool,
                buckets: tuple[int, ...] = ()) -> list[HostBatch]:
-    """The epoch's mini-batches (`HostBatch`). With `buckets` (`length_buckets`): fixed shapes, rows
-    grouped by their history's length bucket, `batch_size` samples a batch (SeqData) or
-    batch_size // width windows of that history width (Windows), each bucket's last batch padded with
-    rows weighted 0 (`static_batches`). Without: sample indices (SeqData) or windows holding ~batch_size
-    samples, similar lengths together with `bucket`, each padded to its own longest history."""
-    windows = isinstance(train, Windows)
-    if buckets:
-        if windows:
-            return static_batches(train.end - train.start - 1, lambda w: max(1, batch_size // w), rng, buckets,
-                                  train.n_targets)
-        return static_batches(train.lengths, lambda w: batch_size, rng, buckets)
-    if windows:
-        return [HostBatch(i, len(i), int((train.end[i] - train.start[i]).max()) - 1, int(train.n_targets[i].sum()))
-                for i in window_batches(train, batch_size, rng, bucket)]
-    return [HostBatch(i, len(i), int(train.lengths[i].max()), len(i))
-            for i in epoch_batches(len(train), batch_size, rng, train.lengths, bucket)]
+    """The epoch's mini-batches (`HostBatch`): the sample set's own `plan` (SeqData: `batch_size` samples a
+    batch; Windows: ~batch_size samples of windows), fixed shapes by length bucket with `buckets`."""
+    return train.plan(batch_size, rng, bucket, buckets)
 
 
 def steps_per_epoch(train, cfg: FitConfig, buckets: tuple[int, ...] = ()) -> int:
     """Optimizer steps in one epoch on this rank (under torchrun, its share of the epoch's batches)."""
     return len(dd.shard(epoch_plan(train, cfg.batch_size, np.random.default_rng(0), cfg.bucket, buckets)))
-
-
-def n_samples(train) -> int:
-    return train.n_samples if isinstance(train, Windows) else len(train)
 
 
 def resolve_deterministic(setting: bool | str, device: str) -> bool:
@@ -284,7 +266,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
     (`SeqData`, bidirectional encoder) or per-window (`Windows`, causal encoder).
     Under torchrun each rank trains on its share of every epoch's batches (pipeline/distributed.py);
     rank 0 validates and writes checkpoints; the loss columns of the curve are rank 0's share."""
-    if isinstance(train, Windows) != model.cfg.causal:
+    if train.causal != model.cfg.causal:
         raise ValueError("a causal encoder trains on Windows, a bidirectional one on SeqData")
     amp = resolve_amp(cfg.amp, device)
     vamp = resolve_decode_amp(cfg.decode_amp, device)  # validation ranks as `prism evaluate` does
@@ -402,7 +384,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
             metrics, _ = evaluate_split(model, valid, vidx, trie, cfg.beam_size, cfg.eval_batch, device, vamp,
                                         norm=cfg.decode_norm)
         metrics = dd.from_main(metrics)
-        total = n_samples(train)
+        total = train.n_samples
         row = {"epoch": epoch, "fraction": round(n_seen / total, 4),
                **{f"train_{k}": float(v) / max(n_seen, 1) for k, v in sums.items()},
                **{f"valid_{k}": v for k, v in metrics.items()},
