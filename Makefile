@@ -4,17 +4,32 @@ PYTHON ?= python3
 VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install repro test show clean-venv
+.PHONY: install repro test show clean-venv lock
 
 install: $(VENV)/.installed
 
-# torch first, pinned: on CPU this takes the CPU wheel; an unpinned resolve would pull CUDA wheels.
-$(VENV)/.installed: pyproject.toml
+# torch first, pinned: on CPU this takes the CPU wheel (a CUDA machine installs its CUDA build of the same
+# version first: README "GPU install"). Then every other package at the version and hash requirements.lock
+# pins, with no resolver run (--no-deps), and the project itself without its ranges (--no-deps).
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --upgrade pip
+	$(VENV)/bin/pip install "pip==26.3"
 	$(VENV)/bin/pip install "torch==2.13.0"
-	$(VENV)/bin/pip install -e ".[dev]"
+	$(VENV)/bin/pip install --no-deps --require-hashes -r requirements.lock
+	$(VENV)/bin/pip install --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip check
 	touch $@
+
+# Refresh requirements.lock after changing pyproject.toml's dependencies (keeps every pin it can; add
+# --upgrade for the newest allowed). torch is resolved as the CPU wheel (TORCH_LINKS: where that wheel is:
+# this machine's folder of local wheels, else PyTorch's CPU index) and left out of the lock.
+TORCH_LINKS ?= $(if $(wildcard /opt/wheels/torch-*+cpu-*.whl),--find-links /opt/wheels,--index https://download.pytorch.org/whl/cpu)
+UV_VERSION = 0.13.9
+lock:
+	$(VENV)/bin/pip install -q "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --generate-hashes --no-emit-package torch \
+	  $(TORCH_LINKS) --index-strategy unsafe-best-match --custom-compile-command "make lock" -o requirements.lock
 
 repro: install
 	dvc repro

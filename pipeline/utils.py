@@ -63,6 +63,32 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+VERSIONED = ("torch", "numpy", "pandas", "dvc", "sentence-transformers")
+LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"
+
+
+def versions() -> dict[str, str | None]:
+    """The installed versions of the packages a metric depends on most (None: not installed) and the
+    first 12 hex digits of requirements.lock's sha256 (the lock the checkout names; `make install`
+    installs exactly it), so a metrics file says which environment made it."""
+    import hashlib
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    out["requirements.lock"] = hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()[:12] if LOCK_FILE.is_file() else None
+    return out
+
+
+def write_metrics(path: str | Path, obj: dict[str, Any]) -> None:
+    """A stage's metrics JSON (DVC metrics), with the package versions it ran with (`versions`)."""
+    write_json(path, {**obj, "versions": versions()})
+
+
 def write_curve(path: str | Path, rows: list[dict]) -> None:
     """A per-epoch curve as CSV (DVC plots): one row per epoch, the union of the rows' keys as columns."""
     import csv

@@ -13,7 +13,7 @@ from pipeline.baseline.sasrec import KS, SASRec, SASRecConfig, evaluate, fit
 from pipeline.data.preprocess import longer_histories
 from pipeline.metrics import popularity_topk, recall_ndcg, target_ranks
 from pipeline.recommender.seqdata import SeqData, Windows
-from pipeline.utils import DataError, resolve_device, seed_everything, write_curve, write_json, write_torch
+from pipeline.utils import DataError, resolve_device, seed_everything, write_curve, write_metrics, write_torch
 
 from .common import DATA_OPT, PARAMS_OPT, SET_OPT, params, stage, summary
 
@@ -78,7 +78,7 @@ def baseline_cmd(
         result[f"{split}_popularity_baseline"] = recall_ndcg(target_ranks(np.broadcast_to(pop, (len(d), len(pop))),
                                                                           d.targets), KS)
     result["wall_s"] = round(time.time() - t0, 1)
-    write_json(metrics, result)
+    write_metrics(metrics, result)
     write_curve(curve, res.history)
     t = result["test"]
     summary(f"baseline: SASRec {cfg.layers}x{cfg.d_model}, {result['epochs']} epochs (stopped: {result['stopped']}, best "

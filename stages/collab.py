@@ -8,7 +8,7 @@ import pandas as pd
 import typer
 
 from pipeline.features.lightgcn import CollabConfig, train_als, train_lightgcn
-from pipeline.utils import ParamError, atomic_path, resolve_device, seed_everything, write_json, write_npy
+from pipeline.utils import ParamError, atomic_path, resolve_device, seed_everything, write_metrics, write_npy
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
 
@@ -42,7 +42,7 @@ def collab_cmd(
         raise ParamError(f"collab.method must be 'lightgcn' or 'als', got '{cfg.method}'")
     write_npy(out / "item_emb.npy", res.item_emb)
     write_npy(out / "user_emb.npy", res.user_emb)
-    write_json(metrics, {**res.metrics, "device": device})
+    write_metrics(metrics, {**res.metrics, "device": device})
     with atomic_path(curve) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["epoch", "loss", "valid_recall@20"])
         w.writeheader()

@@ -9,7 +9,7 @@ import typer
 
 from pipeline.tokenizer.dedup import DedupConfig, build_trie, dedup
 from pipeline.tokenizer.sid_metrics import sid_metrics
-from pipeline.utils import write_json, write_npy, write_parquet, write_torch
+from pipeline.utils import write_metrics, write_npy, write_parquet, write_torch
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
 
@@ -39,7 +39,7 @@ def dedup_cmd(
     write_parquet(out / "sid.parquet", table)
     write_npy(out / "q.npy", np.stack([codebooks[l][new_codes[:, l]] for l in range(L)], 1).astype(np.float32))
     write_torch(out / "trie.pt", build_trie(new_codes, K))
-    write_json(metrics, rep)
+    write_metrics(metrics, rep)
     levels = ", ".join(f"L{l}: {rep[f'moved_from_level_{l}']}" for l in range(1, L + 1))
     summary(f"dedup: {rep['moved']:,} of {rep['items']:,} items moved ({levels}) in {rep['rounds']} rounds, "
             f"mean cost {rep['mean_cost_moved']:.4f} (was {rep['mean_cost_moved_before']:.4f}), "

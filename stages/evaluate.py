@@ -15,7 +15,8 @@ from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.evaluate import batch1_latency_ms, decode_batch, rank
 from pipeline.recommender.model import RecConfig
 from pipeline.recommender.seqdata import SeqData
-from pipeline.utils import ParamError, atomic_path, load_torch, resolve_device, seed_everything, write_json, write_parquet
+from pipeline.utils import (ParamError, atomic_path, load_torch, resolve_device, seed_everything, write_metrics,
+                            write_parquet)
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
 
@@ -84,7 +85,7 @@ def evaluate_cmd(
     out["latency_ms_batch1"] = round(latency, 2)
     out["device"] = device
     write_parquet(predictions, pd.concat(rows, ignore_index=True))
-    write_json(metrics, out)
+    write_metrics(metrics, out)
     with atomic_path(groups_plot) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["group", "model", "n", "recall@10", "ndcg@10"])
         w.writeheader()

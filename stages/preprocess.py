@@ -7,7 +7,7 @@ import typer
 from pipeline.data.amazon import ensure_raw
 from pipeline.data.preprocess import PreprocessConfig, preprocess
 from pipeline.data.synthetic import generate
-from pipeline.utils import write_json, write_parquet
+from pipeline.utils import write_metrics, write_parquet
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
 
@@ -35,7 +35,7 @@ def preprocess_cmd(
     res = preprocess(reviews, meta, cfg)
     for name in ("items", "tags", "train", "valid", "test"):
         write_parquet(out / f"{name}.parquet", getattr(res, name))
-    write_json(stats, {"dataset": dataset, **res.stats, "report": res.report})
+    write_metrics(stats, {"dataset": dataset, **res.stats, "report": res.report})
     s = res.stats
     notes = {k: v for k, v in res.report.items() if v and not k.endswith("_lines")}
     summary(

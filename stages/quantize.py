@@ -10,7 +10,7 @@ import typer
 
 from pipeline.tokenizer.quantizer import QuantizerConfig
 from pipeline.tokenizer.train import TrainConfig, make_inputs, rq_kmeans, tokenizer_config, train_quantizer
-from pipeline.utils import atomic_path, resolve_device, seed_everything, write_json, write_npy, write_torch
+from pipeline.utils import atomic_path, resolve_device, seed_everything, write_metrics, write_npy, write_torch
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
 
@@ -64,7 +64,7 @@ def quantize_cmd(
     write_npy(out / "q.npy", res.q)
     write_npy(out / "codebooks.npy", res.codebooks)
     m = {"tokenizer": tokenizer, **res.metrics, "wall_s": round(time.time() - t0, 1), "device": device}
-    write_json(metrics, m)
+    write_metrics(metrics, m)
     fields = sorted({k for row in res.history for k in row}, key=lambda k: (k != "epoch", k))
     with atomic_path(curve) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields or ["epoch"])

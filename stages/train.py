@@ -15,7 +15,7 @@ from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.seqdata import SeqData, Windows
 from pipeline.recommender.train import (PAPER_BATCH, FitConfig, fit, scale_for_batch, steps_per_epoch,
                                         training_shapes)
-from pipeline.utils import log, resolve_device, seed_everything, write_curve, write_json, write_torch
+from pipeline.utils import log, resolve_device, seed_everything, write_curve, write_metrics, write_torch
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
 
@@ -108,7 +108,7 @@ def _train(p, device, data, features, collab, sid, out, ckpt, metrics, curve):
         info.update(lr=fcfg.lr, warmup_steps=fcfg.warmup_steps)
     if res.history:
         info["last_samples_per_s"] = res.history[-1]["samples_per_s"]
-    write_json(metrics, info)
+    write_metrics(metrics, info)
     write_curve(curve, res.history)
     summary(f"train: {info['params']:,} params, {n_train:,} samples ({cfg.encoder} encoder), {info['epochs']}/{fcfg.max_epochs} epochs "
             f"(stopped: {info['stopped']}), best valid NDCG@20 {info['best_valid_ndcg@20']:.4f} at epoch "

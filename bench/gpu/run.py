@@ -137,6 +137,23 @@ def read_csv(path: Path) -> list[dict]:
         return []
 
 
+LOCK_DIFF = """
+import re
+from importlib import metadata
+diff = []
+for line in open('requirements.lock'):
+    m = re.match(r'^([A-Za-z0-9_.-]+)==([^ ;]+)', line)
+    if m:
+        try:
+            have = metadata.version(m.group(1))
+        except metadata.PackageNotFoundError:
+            have = 'missing'
+        if have != m.group(2):
+            diff.append(f'{m.group(1)} {have} (lock {m.group(2)})')
+print(f'{len(diff)} differ from requirements.lock: ' + ', '.join(diff))
+"""
+
+
 def phase_env(r: Run) -> None:
     cmds = {"nvidia-smi": ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
             "python": [sys.executable, "-c",
@@ -144,7 +161,9 @@ def phase_env(r: Run) -> None:
                        "'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() "
                        "else None, 'cpu kernels', torch.backends.cpu.get_cpu_capability(), 'threads', "
                        "torch.get_num_threads())"],
-            "cpu": ["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'; nproc"]}
+            "cpu": ["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'; nproc"],
+            # requirements.lock's pins this machine does not have (torch aside: the image's CUDA build)
+            "lock_diff": [sys.executable, "-c", LOCK_DIFF]}
     env = {}
     for k, c in cmds.items():
         env[k] = r.output_of(f"env_{k}", c, 30).strip()
@@ -354,7 +373,8 @@ def fmt(x, nd=4):
 def summary(r: Run) -> str:
     lines = [f"# GPU run {r.res['started']} ({'smoke, CPU' if r.smoke else 'Beauty'})", ""]
     env = r.res.get("env", {})
-    lines += [f"- GPU: {env.get('nvidia-smi', '-')}", f"- {env.get('python', '-')}", f"- CPU: {env.get('cpu', '-')}"]
+    lines += [f"- GPU: {env.get('nvidia-smi', '-')}", f"- {env.get('python', '-')}", f"- CPU: {env.get('cpu', '-')}",
+              f"- packages: {env.get('lock_diff', '-')[:600]}"]
     lines += [f"- bench: {b}" for b in r.res.get("bench", [])]
     lines += [f"- cbench: {b}" for b in r.res.get("cbench", []) if "train" in b or "warm-up" in b]
     lines += ["- per-epoch validation: recommender.valid_users auto (all users on CUDA)"]

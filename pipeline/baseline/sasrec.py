@@ -32,11 +32,11 @@ KS = (5, 10, 20)
 @dataclass
 class SASRecConfig:
     n_items: int = 0
-    max_len: int = 20
+    max_len: int = 50
     d_model: int = 64
     layers: int = 2
     heads: int = 1
-    dropout: float = 0.3
+    dropout: float = 0.5
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 128  # training samples (prefix -> next item pairs) per step, about
