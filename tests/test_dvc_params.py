@@ -138,12 +138,13 @@ def project_imports(path, seen=None) -> set:
     return seen
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
+@pytest.mark.parametrize("stage", list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]))
 def test_stage_deps_cover_the_code_it_runs(stage):
     deps = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"])
     code = {f.relative_to(ROOT).as_posix() for f in project_imports(ROOT / "stages" / f"{stage}.py")}
     code.add(f"stages/{stage}.py")
-    assert code <= deps, f"dvc.yaml stage {stage} misses deps {sorted(code - deps)}"
+    missing = {c for c in code if c not in deps and not any(c.startswith(d.rstrip("/") + "/") for d in deps)}
+    assert not missing, f"dvc.yaml stage {stage} misses deps {sorted(missing)}"  # a folder dep covers its files
 
 
 def test_dvc_yaml_is_valid_for_dvc():

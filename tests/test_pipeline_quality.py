@@ -76,3 +76,22 @@ def test_tiger_configuration_runs_the_same_stages(prism_run, tmp_path, monkeypat
     info = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert info["params"] < json.loads((work / "metrics" / "train.json").read_text())["params"]  # no DSI/SSA
     assert json.loads((tmp_path / "metrics" / "quantizer.json").read_text())["tokenizer"] == "rqvae"
+
+
+def test_tiny_synthetic_run_renders_its_plots_as_non_empty_images_twice_the_same(tmp_path, monkeypatch, prism_run):
+    from test_plots import _is_png, _is_svg
+
+    """Issue 25: the plots of a real (tiny synthetic) pipeline run as files a person opens; a second render gives the
+    same bytes (so the DVC stage's output does not change without a reason)."""
+    work = prism_run[0]
+    monkeypatch.chdir(work)
+    res = CliRunner().invoke(app, ["plots", "--dvc", str(ROOT / "dvc.yaml"), "--out", str(tmp_path / "img")])
+    assert res.exit_code == 0, res.output
+    assert "plots: " in res.stdout and "charts" in res.stdout
+    pngs = sorted((tmp_path / "img").glob("*.png"))
+    names = {p.stem for p in pngs}
+    assert {"train", "quantizer", "collab", "popularity_groups"} <= names, names
+    assert all(_is_png(p) for p in pngs) and all(_is_svg(p.with_suffix(".svg")) for p in pngs)
+    first = {p.name: p.read_bytes() for p in (tmp_path / "img").iterdir()}
+    CliRunner().invoke(app, ["plots", "--dvc", str(ROOT / "dvc.yaml"), "--out", str(tmp_path / "img")])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "img").iterdir()} == first
