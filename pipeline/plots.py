@@ -77,6 +77,7 @@ def draw(spec: PlotSpec, series: dict[str, pd.DataFrame], out_dir: Path) -> list
     import matplotlib.pyplot as plt
 
     name = Path(spec.csv).name
+    plt.rcParams["svg.hashsalt"] = "prism"  # fixed SVG element ids (else random: a new file every run)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     try:
         if spec.template.startswith("bar"):
