@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import dag
 from pipeline import variants as presets
 from pipeline.utils import DataError
 
@@ -131,40 +132,9 @@ def all_runs_from_exp_show(obj: list, params_file: str = "params.yaml",
 
 
 def stage_param_keys(dvc: dict, stage: str) -> tuple[str, ...]:
-    """The params `stage` of dvc.yaml reads, its own and those of every stage upstream of it (a stage is
-    upstream when one of its outs is, or contains, one of the stage's deps): whatever can change its output."""
-    stages = dvc.get("stages") or {}
-
-    def names(entries) -> list[str]:
-        out = []
-        for e in entries or []:
-            out.extend(e if isinstance(e, dict) else [e])
-        return [str(x) for x in out]
-
-    def params(entries) -> list[str]:
-        out = []
-        for e in entries or []:
-            if isinstance(e, dict):  # {file: [keys]}
-                for keys in e.values():
-                    out.extend(keys or [])
-            else:
-                out.append(e)
-        return [str(x) for x in out]
-
-    keys: set[str] = set()
-    todo, seen = [stage], set()
-    while todo:
-        s = todo.pop()
-        if s in seen or s not in stages:
-            continue
-        seen.add(s)
-        keys.update(params(stages[s].get("params")))
-        deps = names(stages[s].get("deps"))
-        for other, spec in stages.items():
-            outs = names(spec.get("outs")) + names(spec.get("metrics")) + names(spec.get("plots"))
-            if any(d == o or d.startswith(o.rstrip("/") + "/") for d in deps for o in outs):
-                todo.append(other)
-    return tuple(sorted(keys))
+    """The params `stage` of dvc.yaml reads, its own and those of every stage upstream of it (pipeline/dag.py):
+    whatever can change its output."""
+    return dag.param_keys(dvc, stage)
 
 
 def _reads(key: str, keys: tuple[str, ...]) -> bool:

@@ -2,7 +2,7 @@
 
 import typer
 
-from . import baseline, collab, dedup, embed, evaluate, plots, preprocess, quantize, recommend, report, synth, train
+from . import baseline, collab, dag, dedup, embed, evaluate, plots, preprocess, quantize, recommend, report, synth, train
 
 app = typer.Typer(
     name="prism",
@@ -23,6 +23,7 @@ app.command("baseline")(baseline.baseline_cmd)
 app.command("recommend")(recommend.recommend_cmd)
 app.command("report")(report.report_cmd)
 app.command("plots")(plots.plots_cmd)
+app.command("dag")(dag.dag_cmd)
 app.command("synth")(synth.synth_cmd)
 
 if __name__ == "__main__":
