@@ -41,8 +41,8 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "no_acd": (["acd=false"], ""),
     "no_hsa": (["hsa=false"], ""),
     "no_dhr": (["dhr=false"], ""),
-    "rqvae": (["tokenizer=rqvae"], ""),
-    "rqkmeans": (["tokenizer=rqkmeans", "device=cpu"], ""),
+    "rqvae": (["variant=tiger"], ""),  # the variants' tokenizers (pipeline/variants.py)
+    "rqkmeans": (["variant=rqkmeans", "device=cpu"], ""),
     "prism_hsa_soft": (["quantize.hsa_grad=soft"], ""),
     "prism_hsa_encoder": (["quantize.hsa_grad=encoder"], ""),
     "prism_hsa_cell": (["quantize.hsa_grad=cell"], ""),
