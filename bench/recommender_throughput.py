@@ -35,7 +35,7 @@ from pipeline.recommender.beam import TrieIndex  # noqa: E402
 from pipeline.recommender.evaluate import batch1_latency_ms, decode_batch, rank  # noqa: E402
 from pipeline.recommender.evaluate import sync_device as sync
 from pipeline.recommender.seqdata import DeviceSamples, SeqData, Windows  # noqa: E402
-from pipeline.recommender.train import (FitConfig, compiled_loss, epoch_plan, make_optimizer,  # noqa: E402
+from pipeline.recommender.train import (FitConfig, compiled_loss, make_optimizer,  # noqa: E402
                                         train_step, training_shapes)
 
 
@@ -86,7 +86,7 @@ def training_data(a, cfg, p):
 def epoch_on_device(train, cfg, batch_size: int, buckets: tuple[int, ...], device: str):
     """The first epoch's plan and the samples on the device, as `fit` makes them."""
     data = DeviceSamples(train, cfg.time_buckets, device)
-    return data.upload(epoch_plan(train, batch_size, np.random.default_rng(0), True, buckets), bool(buckets)), data
+    return data.upload(train.plan(batch_size, np.random.default_rng(0), True, buckets), bool(buckets)), data
 
 
 class OpCounter(TorchDispatchMode):

@@ -131,26 +131,28 @@ def all_runs_from_exp_show(obj: list, params_file: str = "params.yaml",
     return base_params, runs
 
 
-def stage_param_keys(dvc: dict, stage: str) -> tuple[str, ...]:
-    """The params `stage` of dvc.yaml reads, its own and those of every stage upstream of it (pipeline/dag.py):
-    whatever can change its output."""
-    return dag.param_keys(dvc, stage)
-
-
 def _reads(key: str, keys: tuple[str, ...]) -> bool:
     return any(key == k or key.startswith(k + ".") for k in keys)
 
 
-def reference_variants(base: dict[str, Any], runs: list[Run], keys: dict[str, tuple[str, ...]],
-                       ignore: tuple[str, ...] = ("seed",), split: str = "test") -> list[Variant]:
+# reference model -> the dvc.yaml stage whose result it is (the params of it and its upstream decide it)
+REFERENCE_STAGES = {"SASRec": "baseline", "popularity": "preprocess"}
+
+
+def _key(d: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in d.items()))
+
+
+def reference_variants(base: dict[str, Any], runs: list[Run], dvc: dict, ignore: tuple[str, ...] = ("seed",),
+                       split: str = "test") -> list[Variant]:
     """SASRec (metrics/baseline.json) and popularity (metrics/eval.json's, else baseline.json's,
-    `<split>_popularity_baseline`) rows. `keys[model]`: the params the model's stages read (`stage_param_keys`);
-    runs that agree on all of them (seed included) are one result, counted once."""
+    `<split>_popularity_baseline`) rows. Runs that agree on every param the model's stage and its upstream
+    read in `dvc` (dvc.yaml; seed included) are one result, counted once."""
     out: list[Variant] = []
     sources = {"SASRec": lambda r: r.files.get(BASELINE_FILE),
                "popularity": lambda r: _popularity(r, split)}
     for model, get in sources.items():
-        rel = keys.get(model, ())
+        rel = dag.param_keys(dvc, REFERENCE_STAGES[model])
         seen: set[tuple] = set()
         variants: dict[tuple, Variant] = {}
         for r in runs:
@@ -158,12 +160,12 @@ def reference_variants(base: dict[str, Any], runs: list[Run], keys: dict[str, tu
             if not m:
                 continue
             mine = {k: v for k, v in r.params.items() if _reads(k, rel)}
-            ident = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in mine.items()))
+            ident = _key(mine)
             if ident in seen:
                 continue  # the same stage result reached from another experiment
             seen.add(ident)
             diff = {k: v for k, v in mine.items() if k not in ignore and base.get(k) != v}
-            key = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in diff.items()))
+            key = _key(diff)
             if key not in variants:
                 variants[key] = Variant(model + (f" ({_kv(diff)})" if diff else ""), diff)
             variants[key].runs.append(Run(r.name, r.params, m, r.is_exp))
@@ -188,7 +190,7 @@ def group(base: dict[str, Any], runs: list[Run], ignore: tuple[str, ...] = ("see
     for r in runs:
         diff = {k: v for k, v in r.params.items() if k not in ignore and base.get(k) != v}
         diff.update({k: None for k in base if k not in r.params and k not in ignore})
-        key = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in diff.items()))
+        key = _key(diff)
         if key not in variants_:
             variants_[key] = Variant(label(diff, base), diff)
         variants_[key].runs.append(r)
@@ -230,8 +232,10 @@ def paper_row(v: Variant, base: dict[str, Any]) -> dict | None:
     when nothing else differs from the commit but where the data is (`SETUP_KEYS`)."""
     params = {**base, **v.runs[0].params}
     table = PAPER.get(str(params.get("dataset")))
-    if not table or v.label.startswith(("SASRec", "popularity")):
-        return (table or {}).get("SASRec") if v.label == "SASRec" else None
+    if not table:
+        return None
+    if v.label.startswith(tuple(REFERENCE_STAGES)):
+        return table.get("SASRec") if v.label == "SASRec" else None
     if any(k not in presets.SWITCHES and k not in SETUP_KEYS for k in v.diff):
         return None
     name = presets.variant_of(params)

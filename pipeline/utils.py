@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -84,6 +85,31 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def lock_pins(path: Path = LOCK_FILE) -> dict[str, str]:
+    """requirements.lock's `name==version` pins (names as written there)."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)", line)
+        if m:
+            pins[m.group(1)] = m.group(2)
+    return pins
+
+
+def lock_diff(path: Path = LOCK_FILE) -> list[str]:
+    """The lock's packages whose installed version differs from the pin ('missing' when not installed)."""
+    from importlib import metadata
+
+    out = []
+    for name, pin in lock_pins(path).items():
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            have = "missing"
+        if have != pin:
+            out.append(f"{name} {have} (lock {pin})")
+    return out
+
+
 def write_metrics(path: str | Path, obj: dict[str, Any]) -> None:
     """A stage's metrics JSON (DVC metrics), with the package versions it ran with (`versions`)."""
     write_json(path, {**obj, "versions": versions()})
@@ -116,6 +142,22 @@ def write_torch(path: str | Path, obj: Any) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def resume_from(last: Path | None, fingerprint: str, device: str, who: str, model, opt, rng) -> dict | None:
+    """A training loop's resume: when `last` exists and was written with the same `fingerprint` (same params
+    and data), load the model, optimizer and numpy generator from it and return the checkpoint (for what
+    else the loop keeps there); else None, logged as starting over when the file was another run's."""
+    if last is None or not last.is_file():
+        return None
+    ck = load_torch(last, device)
+    if ck.get("fingerprint") != fingerprint:
+        log.info("%s: %s is from other params or data; starting over", who, last)
+        return None
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    rng.bit_generator.state = ck["numpy_rng"]
+    return ck
 
 
 def load_torch(path: str | Path, device: str = "cpu") -> Any:

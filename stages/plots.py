@@ -14,27 +14,27 @@ from pipeline.utils import DataError
 from .common import stage, summary
 
 
-def _exp_ref(name: str) -> str:
-    """An experiment's git ref (refs/exps/.../NAME) or, failing that, `name` as a git revision."""
+def resolve_rev(name: str) -> str:
+    """A DVC experiment's git ref (refs/exps/.../NAME) or, failing that, `name` as a git revision; an
+    unknown one is an error naming it."""
     try:
         refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], capture_output=True,
                               text=True, check=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         refs = []
-    hits = [r for r in refs if r.rsplit("/", 1)[-1] == name]
-    return hits[0] if hits else name
-
-
-def read_at(rev: str, path: str) -> str | None:
-    """The file's text in the workspace (`rev` "workspace") or at a DVC experiment / git revision; None when
-    that revision has no such file. An unknown revision is an error naming it."""
-    if rev == "workspace":
-        p = Path(path)
-        return p.read_text() if p.is_file() else None
-    ref = _exp_ref(rev)
+    ref = next((r for r in refs if r.rsplit("/", 1)[-1] == name), name)
     ok = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], capture_output=True)
     if ok.returncode != 0:
-        raise DataError(f"--rev {rev}: no such experiment or git revision (see `dvc exp list`).")
+        raise DataError(f"--rev {name}: no such experiment or git revision (see `dvc exp list`).")
+    return ref
+
+
+def read_at(ref: str | None, path: str) -> str | None:
+    """The file's text in the workspace (`ref` None) or at a resolved git ref (`resolve_rev`); None when it
+    has no such file."""
+    if ref is None:
+        p = Path(path)
+        return p.read_text() if p.is_file() else None
     res = subprocess.run(["git", "show", f"{ref}:{path}"], capture_output=True, text=True)
     return res.stdout if res.returncode == 0 else None
 
@@ -56,7 +56,8 @@ def plots_cmd(
     revs = ([] if no_workspace else ["workspace"]) + list(rev or [])
     if not revs:
         raise DataError("--no-workspace needs at least one --rev.")
-    written = render(specs_from_dvc(dvc), read_at, revs, out)
+    refs = {r: None if r == "workspace" else resolve_rev(r) for r in revs}  # each revision looked up once
+    written = render(specs_from_dvc(dvc), lambda rev, path: read_at(refs[rev], path), revs, out)
     if not written:
         raise DataError("no plot data found (plots/*.csv): run `dvc repro` first.")
     summary(f"plots: {len(written) // 2} charts ({', '.join(revs)}) -> {out}/*.png, *.svg")

@@ -8,7 +8,7 @@ import typer
 
 import yaml
 
-from pipeline.report import all_runs_from_exp_show, exp_show_json, group, reference_variants, stage_param_keys, table
+from pipeline.report import all_runs_from_exp_show, exp_show_json, group, reference_variants, table
 from pipeline.utils import DataError, ParamError, atomic_path
 
 from .common import stage
@@ -42,9 +42,8 @@ def report_cmd(
         dvc = yaml.safe_load(dvc_file.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise DataError(f"{dvc_file}: cannot read the pipeline ({exc}); run from the project root or pass --dvc.") from None
-    keys = {"SASRec": stage_param_keys(dvc, "baseline"), "popularity": stage_param_keys(dvc, "preprocess")}
     variants = group(base, runs) if runs else []
-    refs = reference_variants(base, every, keys, split=split)
+    refs = reference_variants(base, every, dvc, split=split)
     text = table(base, variants, split, refs)
     said = f"report: {len(runs)} runs in {len(variants)} variants, {len(refs)} reference rows ({split})"
     if out:

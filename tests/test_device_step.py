@@ -13,7 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pipeline.recommender.seqdata import DeviceSamples, HostBatch, SeqData, Windows, static_batches
-from pipeline.recommender.train import epoch_plan, make_optimizer, train_step
+from pipeline.recommender.train import make_optimizer, train_step
 from test_recommender import world  # noqa: F401  (the module-scoped fixture)
 from test_recommender import make
 
@@ -27,7 +27,7 @@ def test_device_batches_equal_the_host_batches(world, causal):
     """A step's batch gathered on the device is the batch the host used to build (same padding)."""
     train = data_of(world, causal)
     data = DeviceSamples(train, 16, "cpu")
-    plan = data.upload(epoch_plan(train, 7, np.random.default_rng(0), True), fixed_shape=False)
+    plan = data.upload(train.plan(7, np.random.default_rng(0), True), fixed_shape=False)
     assert sum(len(b.rows) for b in plan.batches) == len(train)
     for j, hb in enumerate(plan.batches):
         got, n = data.batch(plan, j)
@@ -41,7 +41,7 @@ def test_device_batches_equal_the_host_batches(world, causal):
 def test_fixed_shape_plan_has_one_shape_per_bucket_and_every_sample_once(world, causal):
     train = data_of(world, causal)
     buckets = (3, 5)
-    batches = epoch_plan(train, 8, np.random.default_rng(1), True, buckets)
+    batches = train.plan(8, np.random.default_rng(1), True, buckets)
     shapes = collections.defaultdict(set)
     for b in batches:
         shapes[b.width].add(len(b.rows))
@@ -117,7 +117,7 @@ def test_a_training_step_never_reads_the_device(world, causal, fixed):
     m.train()
     train = data_of(world, causal)
     data = DeviceSamples(train, m.cfg.time_buckets, "cpu")
-    plan = data.upload(epoch_plan(train, 8, np.random.default_rng(0), True, (5,) if fixed else ()), fixed)
+    plan = data.upload(train.plan(8, np.random.default_rng(0), True, (5,) if fixed else ()), fixed)
     opt = make_optimizer(m, 1e-3, "cpu")
     train_step(m, opt, data.batch(plan, 0)[0], "cpu", "off", 1.0)  # Adam's state is made at the first step
     counter = SyncCounter()
@@ -144,7 +144,7 @@ def test_the_training_loss_compiles_whole_without_recompiles(world, causal):
     m.train()
     train = data_of(world, causal)
     data = DeviceSamples(train, m.cfg.time_buckets, "cpu")
-    plan = data.upload(epoch_plan(train, 16, np.random.default_rng(0), True, (5,)), fixed_shape=True)
+    plan = data.upload(train.plan(16, np.random.default_rng(0), True, (5,)), fixed_shape=True)
     same = [j for j, b in enumerate(plan.batches) if (len(b.rows), b.width) == (len(plan.batches[0].rows), 5)]
     assert len(same) >= 3
     loss_fn = compiled_loss(m, "cpu", backend="aot_eager", fullgraph=True)

@@ -15,12 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def locked() -> dict[str, Version]:
-    pins = {}
-    for line in (ROOT / "requirements.lock").read_text().splitlines():
-        m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)", line)
-        if m:
-            pins[canonicalize_name(m.group(1))] = Version(m.group(2))
-    return pins
+    from pipeline.utils import lock_pins
+
+    return {canonicalize_name(k): Version(v) for k, v in lock_pins(ROOT / "requirements.lock").items()}
 
 
 def test_lock_satisfies_every_range_of_pyproject_and_leaves_torch_to_the_makefile():

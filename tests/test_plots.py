@@ -50,8 +50,8 @@ def test_experiments_share_a_chart_and_bad_input_is_one_line(tmp_path, monkeypat
     seen = {}
 
     def read(rev, path):
-        from stages.plots import read_at
-        text = read_at(rev, path)
+        from stages.plots import read_at, resolve_rev
+        text = read_at(None if rev == "workspace" else resolve_rev(rev), path)
         seen[rev] = text
         return text
 

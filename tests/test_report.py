@@ -180,7 +180,8 @@ def test_sasrec_and_popularity_rows_counted_once_per_result_of_their_own_stages(
     two seeds, and a changed baseline param gives a second SASRec row. Published figures follow each row."""
     import yaml
 
-    from pipeline.report import all_runs_from_exp_show, reference_variants, stage_param_keys
+    from pipeline.dag import param_keys
+    from pipeline.report import all_runs_from_exp_show, reference_variants
 
     dvc = {"stages": {
         "preprocess": {"cmd": "p", "params": ["seed", "dataset", "preprocess"], "outs": ["data/processed"]},
@@ -188,7 +189,7 @@ def test_sasrec_and_popularity_rows_counted_once_per_result_of_their_own_stages(
                      "metrics": [{"metrics/baseline.json": {"cache": False}}]},
         "train": {"cmd": "t", "deps": ["data/processed"], "params": ["hsa", "recommender"], "outs": ["models/rec"]},
     }}
-    keys = {"SASRec": stage_param_keys(dvc, "baseline"), "popularity": stage_param_keys(dvc, "preprocess")}
+    keys = {"SASRec": param_keys(dvc, "baseline"), "popularity": param_keys(dvc, "preprocess")}
     assert keys["SASRec"] == ("baseline", "dataset", "preprocess", "seed")
 
     def exp(name, seed, x, hsa=True, dim=64):
@@ -203,7 +204,7 @@ def test_sasrec_and_popularity_rows_counted_once_per_result_of_their_own_stages(
     exps = [exp("a1", 1, 0.070), exp("a2", 2, 0.072), exp("b1", 1, 0.064, hsa=False), exp("b2", 2, 0.066, hsa=False),
             exp("c1", 1, 0.070, dim=128)]
     b, runs = all_runs_from_exp_show([_state("abc1234def", base, None, "main", exps)])
-    refs = reference_variants(b, runs, keys)
+    refs = reference_variants(b, runs, dvc)
     assert [(v.label, [r.params["seed"] for r in v.runs]) for v in refs] == [
         ("SASRec", [1, 2]), ("SASRec (baseline.d_model=128)", [1]), ("popularity", [1, 2])]
     text = table(b, group(b, [r for r in runs if r.metrics]), "test", refs)

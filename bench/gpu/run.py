@@ -137,21 +137,9 @@ def read_csv(path: Path) -> list[dict]:
         return []
 
 
-LOCK_DIFF = """
-import re
-from importlib import metadata
-diff = []
-for line in open('requirements.lock'):
-    m = re.match(r'^([A-Za-z0-9_.-]+)==([^ ;]+)', line)
-    if m:
-        try:
-            have = metadata.version(m.group(1))
-        except metadata.PackageNotFoundError:
-            have = 'missing'
-        if have != m.group(2):
-            diff.append(f'{m.group(1)} {have} (lock {m.group(2)})')
-print(f'{len(diff)} differ from requirements.lock: ' + ', '.join(diff))
-"""
+# requirements.lock's pins this machine does not have (pipeline.utils.lock_diff; torch is not in the lock)
+LOCK_DIFF = ("from pipeline.utils import lock_diff; d = lock_diff(); "
+             "print(f'{len(d)} differ from requirements.lock: ' + ', '.join(d))")
 
 
 def phase_env(r: Run) -> None:
@@ -162,7 +150,6 @@ def phase_env(r: Run) -> None:
                        "else None, 'cpu kernels', torch.backends.cpu.get_cpu_capability(), 'threads', "
                        "torch.get_num_threads())"],
             "cpu": ["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'; nproc"],
-            # requirements.lock's pins this machine does not have (torch aside: the image's CUDA build)
             "lock_diff": [sys.executable, "-c", LOCK_DIFF]}
     env = {}
     for k, c in cmds.items():

@@ -24,7 +24,7 @@ from torch import nn
 from pipeline.metrics import recall_ndcg, target_ranks
 from pipeline.progress import progress
 from pipeline.recommender.seqdata import SeqData, Windows, window_batches
-from pipeline.utils import ParamError, load_torch, log, write_torch
+from pipeline.utils import ParamError, log, resume_from, write_torch
 
 KS = (5, 10, 20)
 
@@ -129,18 +129,12 @@ def fit(model: SASRec, train: Windows, valid: SeqData, seed: int, device: str, c
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": [], "train_s": 0.0}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     last = ckpt / "last.pt" if ckpt else None
-    if last is not None and last.is_file():
-        ck = load_torch(last, device)
-        if ck.get("fingerprint") == fp:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            rng.bit_generator.state = ck["numpy_rng"]
-            torch.set_rng_state(ck["torch_rng"].cpu())
-            state, best_state = ck["state"], ck["best_state"]
-            log.info("baseline: resumed from %s after epoch %d (best valid NDCG@20 %.4f at epoch %d)", last,
-                     state["epoch"], state["best"], state["best_epoch"])
-        else:
-            log.info("baseline: %s is from other params or data; starting over", last)
+    ck = resume_from(last, fp, device, "baseline", model, opt, rng)
+    if ck is not None:
+        torch.set_rng_state(ck["torch_rng"].cpu())
+        state, best_state = ck["state"], ck["best_state"]
+        log.info("baseline: resumed from %s after epoch %d (best valid NDCG@20 %.4f at epoch %d)", last,
+                 state["epoch"], state["best"], state["best_epoch"])
     calls = 0
     stopped = "max_epochs"
     while True:

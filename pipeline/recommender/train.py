@@ -34,8 +34,8 @@ from pipeline.progress import progress as progress_bar
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.evaluate import evaluate_split
 from pipeline.recommender.model import dropout_stream
-from pipeline.recommender.seqdata import DeviceSamples, HostBatch, SeqData, Windows
-from pipeline.utils import ParamError, load_torch, log, write_torch
+from pipeline.recommender.seqdata import DeviceSamples, SeqData, Windows
+from pipeline.utils import ParamError, load_torch, log, resume_from, write_torch
 
 
 def clock() -> float:
@@ -226,16 +226,9 @@ def lr_factor(cfg: FitConfig, step: int, total_steps: int, train_s: float = 0.0,
     return warm * 0.5 * (1 + math.cos(math.pi * min(max(prog, 0.0), 1.0)))
 
 
-def epoch_plan(train: SeqData | Windows, batch_size: int, rng: np.random.Generator, bucket: bool,
-               buckets: tuple[int, ...] = ()) -> list[HostBatch]:
-    """The epoch's mini-batches (`HostBatch`): the sample set's own `plan` (SeqData: `batch_size` samples a
-    batch; Windows: ~batch_size samples of windows), fixed shapes by length bucket with `buckets`."""
-    return train.plan(batch_size, rng, bucket, buckets)
-
-
 def steps_per_epoch(train, cfg: FitConfig, buckets: tuple[int, ...] = ()) -> int:
     """Optimizer steps in one epoch on this rank (under torchrun, its share of the epoch's batches)."""
-    return len(dd.shard(epoch_plan(train, cfg.batch_size, np.random.default_rng(0), cfg.bucket, buckets)))
+    return len(dd.shard(train.plan(cfg.batch_size, np.random.default_rng(0), cfg.bucket, buckets)))
 
 
 def resolve_deterministic(setting: bool | str, device: str) -> bool:
@@ -297,28 +290,22 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
              "partial": None}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     last = ckpt_dir / "last.pt" if ckpt_dir else None
-    if last is not None and last.is_file():
-        ck = load_torch(last, device)
-        if ck.get("fingerprint") == fingerprint:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            for group in opt.param_groups:  # a checkpoint of an older version: per-tensor Adam, a float lr
-                group["fused"], group["foreach"] = True, None
-                group["lr"] = torch.tensor(float(group["lr"]), device=device)
-            rng.bit_generator.state = ck["numpy_rng"]
-            ranks = ck.get("rank_rng") or [(ck["torch_rng"], ck.get("cuda_rng"))]
-            trng, crng = ranks[dd.rank()] if len(ranks) == dd.world() else ranks[0]
-            torch.set_rng_state(trng.cpu())
-            if crng is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all([t.cpu() for t in crng])
-            state = ck["state"]
-            best_state = load_torch(ckpt_dir / "best.pt", device)
-            log.info("train: resumed from %s after epoch %d%s (best valid NDCG@20 %.4f at epoch %d)",
-                     last, state["epoch"],
-                     f" and {state['partial']['steps']} steps of epoch {state['epoch'] + 1}" if state["partial"] else "",
-                     state["best"], state["best_epoch"])
-        else:
-            log.info("train: %s is from other params or data; starting over", last)
+    ck = resume_from(last, fingerprint, device, "train", model, opt, rng)
+    if ck is not None:
+        for group in opt.param_groups:  # a checkpoint of an older version: per-tensor Adam, a float lr
+            group["fused"], group["foreach"] = True, None
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        ranks = ck.get("rank_rng") or [(ck["torch_rng"], ck.get("cuda_rng"))]
+        trng, crng = ranks[dd.rank()] if len(ranks) == dd.world() else ranks[0]
+        torch.set_rng_state(trng.cpu())
+        if crng is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([t.cpu() for t in crng])
+        state = ck["state"]
+        best_state = load_torch(ckpt_dir / "best.pt", device)
+        log.info("train: resumed from %s after epoch %d%s (best valid NDCG@20 %.4f at epoch %d)",
+                 last, state["epoch"],
+                 f" and {state['partial']['steps']} steps of epoch {state['epoch'] + 1}" if state["partial"] else "",
+                 state["best"], state["best_epoch"])
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min > 0 else float("inf")
     epochs_this_call = 0
     compiled_ok = False  # a compiled step has run (later failures are real errors)
@@ -331,15 +318,10 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
         t0 = clock()
         partial = state["partial"]
         if partial:  # finish the epoch a budget cut short: same batches, from where it stopped
-            epoch_rng = partial["rng"]
-            rng.bit_generator.state = epoch_rng
-            plan = data.upload(dd.shard(epoch_plan(train, cfg.batch_size, rng, cfg.bucket, buckets)), bool(buckets))
-            done = partial["steps"]
-            sums, n_seen = dict(partial["sums"]), partial["n_seen"]
-        else:
-            epoch_rng = rng.bit_generator.state
-            plan = data.upload(dd.shard(epoch_plan(train, cfg.batch_size, rng, cfg.bucket, buckets)), bool(buckets))
-            done, sums, n_seen = 0, {}, 0
+            rng.bit_generator.state = partial["rng"]
+        epoch_rng = rng.bit_generator.state
+        plan = data.upload(dd.shard(train.plan(cfg.batch_size, rng, cfg.bucket, buckets)), bool(buckets))
+        done, sums, n_seen = (partial["steps"], dict(partial["sums"]), partial["n_seen"]) if partial else (0, {}, 0)
         n_epoch = n_seen
         cut = False
         # no per-step host reads (the loss parts are summed on the device and read once an epoch)
