@@ -161,7 +161,18 @@ def test_report_from_a_real_dvc_queue_of_two_seeds_and_two_variants(tmp_path, mo
     for seed in (1, 2):
         for extra in ([], ["-S", "hsa=false"]):
             sh("dvc", "exp", "run", "--queue", "-S", f"seed={seed}", *extra)
-    sh("dvc", "exp", "run", "--run-all", "-j", "2")
+    # `dvc queue start` then wait for the queue to drain (`dvc exp run --run-all` once kept waiting after every
+    # task had succeeded and its worker had stopped: DVC's follower, not the experiments)
+    import time
+
+    sh("dvc", "queue", "start", "-j", "2")
+    deadline = time.time() + 300
+    while True:
+        status = sh("dvc", "queue", "status")
+        if not any(w in status for w in ("Queued", "Running")) or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert status.count("Success") == 4, status
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, ["report", "--out", "table.md"])
     assert res.exit_code == 0, res.output
