@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline import dag
 from pipeline import variants as presets
+from pipeline.config import yaml12_load
 from pipeline.utils import DataError
 
 METRICS = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20")
@@ -131,6 +132,28 @@ def all_runs_from_exp_show(obj: list, params_file: str = "params.yaml",
     return base_params, runs
 
 
+def runs_from_dirs(dirs: list[Path], params_file: Path = Path("params.yaml")) -> tuple[dict[str, Any], list[Run]]:
+    """Runs from run folders (`prism dag --dir`: each holds its params.yaml and metrics/*.json, as a DVC
+    experiment's workspace does), against `params_file`'s params as the baseline. Every folder is a run
+    (is_exp: the baseline is not a run of its own), named by the folder."""
+    def load(path: Path) -> dict[str, Any]:
+        try:
+            return presets.resolved(flatten(yaml12_load(path.read_text()) or {}))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read the run's params ({exc}); is it a `prism dag --dir` folder?") from None
+
+    runs = []
+    for d in dirs:
+        files = {}
+        for f in sorted((d / "metrics").glob("*.json")):
+            try:
+                files[f"metrics/{f.name}"] = json.loads(f.read_text())
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{f}: unreadable metrics ({exc}); rerun the stage that writes it.") from None
+        runs.append(Run(d.name, load(d / "params.yaml"), files.get(EVAL_FILE, {}), True, files))
+    return load(params_file), runs
+
+
 def _reads(key: str, keys: tuple[str, ...]) -> bool:
     return any(key == k or key.startswith(k + ".") for k in keys)
 
@@ -201,7 +224,7 @@ def group(base: dict[str, Any], runs: list[Run], ignore: tuple[str, ...] = ("see
         if common:
             for v in exps:
                 v.diff = {k: val for k, val in v.diff.items() if k not in common}
-                v.label = label(v.diff, {**base, **common}) if v.diff else "sweep default"
+                v.label = label(v.diff, {**base, **common}) if v.diff else _name({**base, **common})
                 v.common = common
     return sorted(variants_.values(), key=lambda v: (bool(v.common), len(v.diff), v.label))
 
@@ -217,6 +240,11 @@ def label(diff: dict[str, Any], base: dict[str, Any] | None = None) -> str:
         rest = {k: v for k, v in diff.items() if k not in presets.SWITCHES}
         return presets.LABELS[mine] + (f" ({_kv(rest)})" if rest else "")
     return _kv(diff)
+
+
+def _name(params: dict[str, Any]) -> str:
+    """The row of the shared settings alone: its variant's name ("PRISM"), else "sweep default"."""
+    return presets.LABELS.get(presets.variant_of(params) or "", "sweep default")
 
 
 def _kv(d: dict[str, Any]) -> str:
@@ -259,23 +287,53 @@ def mean_sd(xs: list[float]) -> str:
     return f"{m:.4f} ± {sd:.4f}"
 
 
+# `--details`: how each row was trained and how fast it serves (header, metrics file, dotted key)
+TRAIN_FILE = "metrics/train.json"
+DETAILS = (("valid N@20", EVAL_FILE, "valid.ndcg@20"), ("epochs", TRAIN_FILE, "epochs"),
+           ("best epoch", TRAIN_FILE, "best_epoch"), ("stopped", TRAIN_FILE, "stopped"),
+           ("train s", TRAIN_FILE, "train_wall_s"), ("samples/s", TRAIN_FILE, "last_samples_per_s"),
+           ("users/s", EVAL_FILE, "test_users_per_s"), ("ms/user b1", EVAL_FILE, "latency_ms_batch1"))
+
+
+def _detail(runs: list[Run], file: str, key: str) -> str:
+    vals = []
+    for r in runs:
+        node: Any = r.files.get(file) or {}
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            vals.append(node)
+    if not vals or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
+        return ", ".join(sorted({str(x) for x in vals})) or "–"
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((x - m) ** 2 for x in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    nd = 0 if all(isinstance(x, int) for x in vals) or abs(m) >= 100 else 1 if abs(m) >= 1 else 4
+    return f"{m:.{nd}f}" + (f" ± {sd:.{nd}f}" if sd is not None else "")
+
+
 def table(base: dict[str, Any], variants: list[Variant], split: str = "test",
-          references: list[Variant] = ()) -> str:
+          references: list[Variant] = (), details: bool = False) -> str:
     """PRISM's variants, then the reference models' rows (`reference_variants`), each followed by the
-    published figures for its dataset when known (test split only)."""
-    lines = [f"| variant | seeds | {' | '.join(HEAD)} |", "|---|---|" + "---|" * len(HEAD)]
+    published figures for its dataset when known (test split only). `details`: also each row's training
+    and serving facts (`DETAILS`) from its runs' other metrics files. The one results table of the project:
+    `prism report` over DVC experiments or run folders, the GPU run and the Beauty benchmark."""
+    extra = DETAILS if details else ()
+    lines = [f"| variant | seeds | {' | '.join(HEAD + tuple(h for h, _, _ in extra))} |",
+             "|---|---|" + "---|" * (len(HEAD) + len(extra))]
+    pad = " |" * len(extra)
     for v in [*variants, *references]:
         seeds = sorted({r.params.get("seed") for r in v.runs}, key=str)
         vals = [mean_sd([float(r.metrics[split][m]) for r in v.runs if m in r.metrics.get(split, {})])
-                for m in METRICS]
+                for m in METRICS] + [_detail(v.runs, f, k) for _, f, k in extra]
         lines.append(f"| {v.label} | {len(v.runs)} ({', '.join(map(str, seeds))}) | {' | '.join(vals)} |")
         paper = paper_row(v, base)
         if paper and split == "test":
             lines.append(f"| ↳ paper ({v.runs[0].params.get('dataset', base.get('dataset'))}) | | "
-                         + " | ".join(f"{paper[m]:.4f}" if m in paper else "–" for m in METRICS) + " |")
+                         + " | ".join(f"{paper[m]:.4f}" if m in paper else "–" for m in METRICS) + f" |{pad}")
         ref = REFERENCE.get(str({**base, **v.runs[0].params}.get("dataset")), {}).get(v.label)
         if ref and split == "test":
-            lines.append(f"| ↳ {ref[0]} | | " + " | ".join(f"{ref[1][m]:.4f}" if m in ref[1] else "–" for m in METRICS) + " |")
+            lines.append(f"| ↳ {ref[0]} | | " + " | ".join(f"{ref[1][m]:.4f}" if m in ref[1] else "–" for m in METRICS)
+                         + f" |{pad}")
     common = next((v.common for v in variants if v.common), None)
     if common:
         lines.append(f"\nAll experiments also set: {_kv(common)}; the rows name what else they change.")
@@ -286,6 +344,19 @@ def table(base: dict[str, Any], variants: list[Variant], split: str = "test",
                      + (f": {where}" if where else "") + "), made where that commit was made, possibly on another "
                      "machine or CPU class; `dvc exp run` with no change gives this machine's figure.")
     return "\n".join(lines)
+
+
+def report(base: dict[str, Any], runs: list[Run], dvc: dict, split: str = "test", details: bool = False
+           ) -> tuple[str, str]:
+    """The results table of `runs` (those with metrics/eval.json as PRISM's variants, then the reference
+    models' rows) and a one-line account of it. Settings every experiment shares (stated once under the
+    table) are left out of the reference rows' labels too."""
+    variants = group(base, [r for r in runs if r.metrics])
+    common = next((v.common for v in variants if v.common), {})
+    refs = reference_variants({**base, **common}, runs, dvc, split=split)
+    said = (f"report: {sum(len(v.runs) for v in variants)} runs in {len(variants)} variants, {len(refs)} "
+            f"reference rows ({split})")
+    return table(base, variants, split, refs, details), said
 
 
 def exp_show_json(repo: Path = Path(".")) -> list:

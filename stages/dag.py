@@ -1,7 +1,9 @@
-"""`prism dag`: run dvc.yaml's stages in order where DVC is not installed (issue 23)."""
+"""`prism dag`: run dvc.yaml's stages in order where DVC is not installed, in the project or in a run folder of
+its own (--dir): the one way the benchmarks and the GPU run execute the pipeline (issue 23)."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -12,9 +14,11 @@ import typer
 import yaml
 
 from pipeline.dag import between
-from pipeline.utils import DataError
+from pipeline.utils import DataError, ParamError, atomic_path
 
-from .common import SET_OPT, stage, summary
+from .common import PARAMS_OPT, SET_OPT, params, stage, summary
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def stage_argv(cmd: str, overrides: list[str]) -> list[str]:
@@ -26,6 +30,34 @@ def stage_argv(cmd: str, overrides: list[str]) -> list[str]:
     return argv + [x for kv in overrides for x in ("-S", kv)]
 
 
+def run_dir(folder: Path, params_file: Path, overrides: list[str], links: list[str]) -> None:
+    """Make `folder` a run of its own, like a DVC experiment's workspace: its params.yaml is `params_file` with
+    the overrides applied (validated as every stage does), and each `PATH=TARGET` link puts an existing
+    output (another run's, or a prepared input) at the path dvc.yaml gives it, so the stages that make it
+    need not run here."""
+    data = params(params_file, overrides).to_dict()
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "params.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    for item in links:
+        rel, sep, target = item.partition("=")
+        src = Path(target).expanduser()
+        if not sep or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ParamError(f"--link {item}: expected PATH=TARGET with PATH relative to the run folder "
+                             "(a dvc.yaml output, e.g. data/processed=/data/beauty/processed).")
+        if not src.exists():
+            raise DataError(f"--link {item}: {src} does not exist; make it first (or leave the link out and let "
+                            "the stage that writes it run).")
+        dst = folder / rel
+        if dst.exists() and not dst.is_symlink():
+            raise DataError(f"--link {item}: {dst} is already a real file or folder of this run; remove it or use "
+                            "another --dir.")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink():
+            dst.unlink()
+        dst.symlink_to(src.resolve())
+
+
 @stage
 def dag_cmd(
     start: str = typer.Option(None, "--from", help="first stage (and what follows from it)"),
@@ -33,14 +65,27 @@ def dag_cmd(
     set_: list[str] = SET_OPT,
     dvc_file: Path = typer.Option(Path("dvc.yaml"), "--dvc", help="the pipeline"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the stages and commands, run nothing"),
+    folder: Path = typer.Option(None, "--dir", help="run in this folder instead: it gets params.yaml (--params "
+                                "with the -S overrides applied) and the --link inputs, and every output"),
+    link: list[str] = typer.Option(None, "--link", help="with --dir: PATH=TARGET, an output made elsewhere put at "
+                                   "its dvc.yaml path (e.g. data/processed=/tmp/beauty/prism/data/processed)"),
+    params_file: Path = PARAMS_OPT,
 ):
     """Run dvc.yaml's stages in dvc repro's order, each with its own command and the -S overrides, in the
-    current folder; for machines without DVC (a bare GPU image). No caching: every selected stage runs."""
+    current folder (or in --dir, a run folder of its own); for machines without DVC (a bare GPU image) and
+    the benchmarks. No caching: every selected stage runs."""
+    if link and folder is None:
+        raise ParamError("--link needs --dir (the run folder the links go into).")
     try:
         dvc = yaml.safe_load(dvc_file.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise DataError(f"{dvc_file}: cannot read the pipeline ({exc}); run from the project root or pass --dvc.") from None
     names = between(dvc, start, until)
+    env = None
+    if folder is not None and not dry_run:
+        run_dir(folder, params_file, set_ or [], link or [])
+        set_ = []  # in the run's own params.yaml now
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.time()
     for i, name in enumerate(names, 1):
         cmd = dvc["stages"][name].get("cmd")
@@ -51,7 +96,9 @@ def dag_cmd(
               file=sys.stderr, flush=True)
         if dry_run:
             continue
-        rc = subprocess.run(argv).returncode
+        rc = subprocess.run(argv, cwd=folder, env=env).returncode
         if rc != 0:
             raise DataError(f"stage {name!r} failed (exit {rc}); the stages after it did not run.")
-    summary(f"dag: {len(names)} stages {'listed' if dry_run else 'ran'} ({', '.join(names)}) in {time.time() - t0:.0f}s")
+    where = f" in {folder}" if folder is not None else ""
+    summary(f"dag: {len(names)} stages {'listed' if dry_run else 'ran'} ({', '.join(names)}){where} in "
+            f"{time.time() - t0:.0f}s")

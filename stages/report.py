@@ -8,7 +8,7 @@ import typer
 
 import yaml
 
-from pipeline.report import all_runs_from_exp_show, exp_show_json, group, reference_variants, table
+from pipeline.report import all_runs_from_exp_show, exp_show_json, report, runs_from_dirs
 from pipeline.utils import DataError, ParamError, atomic_path
 
 from .common import stage
@@ -20,21 +20,33 @@ def report_cmd(
     split: str = typer.Option("test", "--split", help="test | valid"),
     out: Path = typer.Option(None, "--out", help="write the markdown table here instead of stdout"),
     dvc_file: Path = typer.Option(Path("dvc.yaml"), "--dvc", help="the pipeline: which params each model's stages read"),
+    dirs: list[Path] = typer.Option(None, "--dir", help="a run folder (`prism dag --dir`) instead of DVC's "
+                                    "experiments, repeatable; rows differ from --params"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="with --dir: the baseline params"),
+    details: bool = typer.Option(False, "--details", help="also each row's epochs, training time and speed"),
 ):
-    """Markdown results table over DVC experiments: variants (params that differ from the baseline commit,
-    seed aside) as rows, Recall/NDCG@{5,10,20} as mean ± sd over seeds, the paper's figures when known;
-    then SASRec (stage baseline) and popularity rows from the same runs."""
+    """Markdown results table over DVC experiments (or run folders): variants (params that differ from the
+    baseline commit, seed aside) as rows, Recall/NDCG@{5,10,20} as mean ± sd over seeds, the paper's figures
+    when known; then SASRec (stage baseline) and popularity rows from the same runs."""
     if split not in ("test", "valid"):
         raise ParamError(f"--split must be 'test' or 'valid', got '{split}'")
-    if json_file is not None:
+    if dirs and json_file is not None:
+        raise ParamError("--dir and --json are two sources of runs: give one.")
+    if dirs:
+        base, every = runs_from_dirs(dirs, params_file)
+        for r, d in zip(every, dirs):
+            if not r.metrics:
+                print(f"report: {d} has no metrics/eval.json (its evaluate stage did not finish): no row",
+                      file=sys.stderr)
+    elif json_file is not None:
         try:
             obj = json.loads(json_file.read_text())
         except (OSError, ValueError) as exc:
             raise DataError(f"{json_file}: cannot read `dvc exp show --json` output ({exc}).") from None
     else:
         obj = exp_show_json()
-    base, every = all_runs_from_exp_show(obj)
-    runs = [r for r in every if r.metrics]
+    if not dirs:
+        base, every = all_runs_from_exp_show(obj)
     if not every:
         raise DataError("no finished run with metrics/eval.json or metrics/baseline.json: run `dvc repro` or "
                         "`dvc exp run` first.")
@@ -42,10 +54,7 @@ def report_cmd(
         dvc = yaml.safe_load(dvc_file.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise DataError(f"{dvc_file}: cannot read the pipeline ({exc}); run from the project root or pass --dvc.") from None
-    variants = group(base, runs) if runs else []
-    refs = reference_variants(base, every, dvc, split=split)
-    text = table(base, variants, split, refs)
-    said = f"report: {len(runs)} runs in {len(variants)} variants, {len(refs)} reference rows ({split})"
+    text, said = report(base, every, dvc, split, details)
     if out:
         with atomic_path(out) as tmp:
             tmp.write_text(text + "\n")

@@ -68,3 +68,37 @@ def test_dag_runs_each_stage_command_with_the_overrides_and_stops_at_a_failure(t
 def test_prism_commands_run_through_this_python():
     argv = stage_argv("prism train --out x", ["variant=tiger"])
     assert argv == [sys.executable, "-m", "stages.cli", "train", "--out", "x", "-S", "variant=tiger"]
+
+
+def test_dag_in_a_run_folder_of_its_own(tmp_path, monkeypatch):
+    """--dir: the stages run in that folder, which holds params.yaml with the overrides applied (no -S on the
+    stage commands) and the --link inputs at their dvc.yaml paths."""
+    script = tmp_path / "step.py"
+    script.write_text("import sys, pathlib, os\n"
+                      "pathlib.Path('seen').write_text(' '.join(sys.argv[1:]) + '|' + pathlib.Path('params.yaml').read_text()"
+                      " + '|' + pathlib.Path('data/processed/x').read_text())\n")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"a": {"cmd": f"{sys.executable} {script} a"}}}))
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    inp = tmp_path / "prepared"
+    inp.mkdir()
+    (inp / "x").write_text("input")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "one"
+    res = CliRunner().invoke(app, ["dag", "--dir", str(run), "--link", f"data/processed={inp}", "-S", "lambda1=0.4",
+                                   "-S", "variant=tiger"])
+    assert res.exit_code == 0, res.output
+    args, params, data = (run / "seen").read_text().split("|")
+    assert args == "a" and data == "input"  # no -S: the run's params.yaml has them
+    got = yaml.safe_load(params)
+    assert got["lambda1"] == 0.4 and got["variant"] == "tiger" and got["seed"] == 42
+    assert (run / "data" / "processed").is_symlink() and f"in {run}" in res.stdout
+    # a second call re-links and rewrites params.yaml; bad values and links are one-line errors
+    res = CliRunner().invoke(app, ["dag", "--dir", str(run), "--link", f"data/processed={inp}"])
+    assert res.exit_code == 0 and yaml.safe_load((run / "params.yaml").read_text())["lambda1"] == 0.8
+    for args, msg in ((["-S", "lambda1=x"], "lambda1"), (["--link", "data/processed"], "expected PATH=TARGET"),
+                      (["--link", "data/sid=/no/such"], "does not exist"), (["--link", f"../up={inp}"], "relative"),
+                      (["--link", f"seen={inp}"], "already a real file")):
+        res = CliRunner().invoke(app, ["dag", "--dir", str(run), *args])
+        assert res.exit_code == 1 and msg in res.stderr and "Traceback" not in res.stderr, (args, res.output)
+    res = CliRunner().invoke(app, ["dag", "--link", f"data/processed={inp}"])
+    assert res.exit_code == 1 and "--link needs --dir" in res.stderr

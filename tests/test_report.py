@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from conftest import ROOT
 from typer.testing import CliRunner
 
 from pipeline.report import group, runs_from_exp_show, table
@@ -88,10 +89,11 @@ def test_labels_name_what_differs_from_the_baseline_row_and_shared_settings_only
     assert lines[i + 1].startswith("| ↳ paper (beauty) | | – | 0.0713 |")
     i = next(j for j, ln in enumerate(lines) if ln.startswith("| dataset=beauty, hsa=false"))
     assert lines[i + 1].startswith("| ↳ paper (beauty) | | – | 0.0652 |")
-    # without metrics at the commit: shared settings once, under the table
+    # without metrics at the commit: shared settings once, under the table; the row of those settings alone
+    # is named by its variant
     b, runs = runs_from_exp_show([_state("abc1234def", base, None, "main", exps)])
     variants = group(b, runs)
-    assert [v.label for v in variants] == ["sweep default", "hsa=false"]
+    assert [v.label for v in variants] == ["PRISM", "hsa=false"]
     assert "All experiments also set: dataset=beauty" in table(b, variants)
     # one experiment after `make repro`: named by its param
     one = [_state("abc1234def", BASE, _metrics(0.07), "main", [_exp("l", 0.071, lambda1=0.4)])]
@@ -244,3 +246,40 @@ def test_report_command_shows_sasrec_and_popularity_rows_of_the_real_pipeline(tm
     labels = [ln.split(" | ")[0].strip("| ") for ln in res.stdout.splitlines() if ln.startswith("| ") and "↳" not in ln]
     assert labels[0] == "variant" and len(labels) == 5 and labels[3:] == ["SASRec", "popularity"]
     assert "2 reference rows" in res.stderr
+
+
+def test_report_of_run_folders_with_details(tmp_path):
+    """Issue 23: the one results table also over run folders (`prism dag --dir`: params.yaml + metrics/),
+    as the GPU run and the Beauty benchmark use it; --details adds each row's training and serving facts;
+    settings all runs share are stated once and left out of every label (the popularity row's too)."""
+    import yaml as _yaml
+
+    params = _yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, variant, r10, wall in (("prism", "prism", 0.07, 123.4), ("tiger", "tiger", 0.06, 80.0)):
+        d = tmp_path / name
+        (d / "metrics").mkdir(parents=True)
+        p = {**params, "variant": variant, "dataset": "beauty", "device": "cuda"}
+        (d / "params.yaml").write_text(_yaml.safe_dump(p))
+        ev = {**_metrics(r10), "valid": {"ndcg@20": 0.05}, "test_users_per_s": 900.5, "latency_ms_batch1": 4.25,
+              "test_popularity_baseline": {"recall@10": 0.01}}
+        (d / "metrics" / "eval.json").write_text(json.dumps(ev))
+        (d / "metrics" / "train.json").write_text(json.dumps({"epochs": 12, "best_epoch": 9, "stopped": "budget",
+                                                             "train_wall_s": wall, "last_samples_per_s": 20123.7}))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "params.yaml").write_text(_yaml.safe_dump(params))
+    res = CliRunner().invoke(app, ["report", "--dir", str(tmp_path / "prism"), "--dir", str(tmp_path / "tiger"),
+                                   "--dir", str(tmp_path / "empty"), "--details", "--params", str(ROOT / "params.yaml")])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].endswith("| valid N@20 | epochs | best epoch | stopped | train s | samples/s | users/s | ms/user b1 |")
+    prism = next(ln for ln in lines if ln.startswith("| PRISM |"))
+    assert "| 0.0700 |" in prism and prism.endswith("| 0.0500 | 12 | 9 | budget | 123 | 20124 | 900 | 4.2 |")
+    assert any(ln.startswith("| TIGER |") and "| 80.0 |" in ln for ln in lines)
+    assert any(ln.startswith("| ↳ paper (beauty) |") for ln in lines)  # dataset and device: setup keys
+    assert any(ln.startswith("| popularity | 1 (42) |") for ln in lines)
+    assert "All experiments also set: dataset=beauty, device=cuda" in res.stdout
+    assert "empty has no metrics/eval.json" in res.stderr
+    res = CliRunner().invoke(app, ["report", "--dir", str(tmp_path / "nosuch")])
+    assert res.exit_code == 1 and "cannot read the run's params" in res.stderr
+    res = CliRunner().invoke(app, ["report", "--dir", str(tmp_path / "prism"), "--json", "x.json"])
+    assert res.exit_code == 1 and "give one" in res.stderr
