@@ -3,7 +3,7 @@ recommender on a prepared dataset, on CPU and, when present, CUDA. Prints the ma
 torch kernel set, threads), the amp decision, then one line per figure. A sample is one
 prefix -> next-item pair of the paper's sliding window, whichever encoder trains it.
 
-Usage: python bench/recommender_throughput.py [DATA_ROOT] [--steps N] [--users N] [--amp auto|bf16|off]
+Usage: python bench/recommender_throughput.py [RUN] [--steps N] [--users N] [--amp auto|bf16|off]
        [--decode-amp off,bf16]   (ranking precisions to time; default evaluate.amp)
        [--devices all|cpu|cuda] [-S KEY=VALUE ...]     (e.g. -S recommender.encoder=bidirectional)
        -S recommender.compile=true [-S recommender.length_buckets=[20]] [--compile-backend aot_eager]:
@@ -11,8 +11,9 @@ Usage: python bench/recommender_throughput.py [DATA_ROOT] [--steps N] [--users N
        --profile N: torch.profiler over N further training steps, the top ops printed (lines `profile ...`)
        --dispatch: aten ops per training step (dispatch-mode counter) and host ms per step at d_model 8,
        eager and compiled (lines `dispatch ...`; CPU, fp32)
-DATA_ROOT holds processed/, features/, collab/item_emb.npy and sid/ (default: the repo's own
-data/ and models/ after `dvc repro`). Params come from params.yaml plus the -S overrides.
+RUN is a run folder (`prism dag --dir`, e.g. one of bench/beauty.sh's) or the project after `dvc repro`
+(the default): its params.yaml plus the -S overrides, its data/processed, data/features,
+models/collab/item_emb.npy and data/sid.
 """
 
 from __future__ import annotations
@@ -241,12 +242,9 @@ def main() -> None:
     ap.add_argument("--compile-backend", default="inductor",
                     help="with -S recommender.compile=true: the dynamo backend (aot_eager: no C++/Triton build)")
     args = ap.parse_args()
-    p = load_params("params.yaml", args.set)
-    if args.root:
-        r = Path(args.root)
-        a = load_assets(r / "processed", r / "features", r / "collab", r / "sid")
-    else:
-        a = load_assets(Path("data/processed"), Path("data/features"), Path("models/collab"), Path("data/sid"))
+    r = Path(args.root or ".")  # a run folder (`prism dag --dir`) or the project: params.yaml, dvc.yaml's paths
+    p = load_params(r / "params.yaml", args.set)
+    a = load_assets(r / "data/processed", r / "data/features", r / "models/collab", r / "data/sid")
     print(f"machine: {machine()}")
     if args.dispatch:
         dispatch_bench(a, args.set, args.steps, args.compile_backend)

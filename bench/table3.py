@@ -1,6 +1,7 @@
 """Table 3 over seeds (issue 10): semantic-ID quality of each tokenizer variant, mean ± sd.
 
-Runs `prism quantize` once per (variant, seed), many at once (each its own process; on one GPU they
+Runs dvc.yaml's `quantize` stage (and `dedup` with --dedup) once per (variant, seed) through `prism dag --dir`
+(one run folder each, the prepared inputs linked in), many at once (each its own process; on one GPU they
 share it), then writes OUT/table3.json (every run's metrics) and OUT/table3.md (mean ± sd per variant:
 collision rate at layer 2 and final, perplexity per level, utilisation, NMI of the codes with the
 category tree, the ACD gate's statistics), printed last.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -102,13 +103,10 @@ def main() -> None:
     work = a.work or (a.out.parent / (a.out.name + "_work") if a.smoke else Path("/tmp/prism_table3_work"))
     work.mkdir(parents=True, exist_ok=True)
     inp = a.inp.resolve()
-    common = (["-S", "dataset=synthetic", "-S", "synthetic.size=tiny", "-S", "quantize.epochs=2"] if a.smoke
-              else ["-S", f"dataset={a.dataset}"])
-    common += ["-S", f"raw_dir={inp / 'raw'}", "-S", "download=false", "-S", f"device={'cpu' if a.smoke else a.device}"]
-    for s in a.set:
-        common += ["-S", s]
+    common = ["dataset=synthetic", "synthetic.size=tiny", "quantize.epochs=2"] if a.smoke else [f"dataset={a.dataset}"]
+    common += [f"raw_dir={inp / 'raw'}", "download=false", f"device={'cpu' if a.smoke else a.device}", *a.set]
     if a.total_s:  # each quantizer stops itself before the deadline (its budget counts from its training start)
-        common += ["-S", f"quantize.time_budget_min={max(a.total_s - a.margin_s, 10) / 60:.2f}"]
+        common += [f"quantize.time_budget_min={max(a.total_s - a.margin_s, 10) / 60:.2f}"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "TQDM_DISABLE": "1",
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -119,16 +117,12 @@ def main() -> None:
         if not data_dir.is_dir():
             print(f"table3: {v}: skipped ({data_dir} missing)", file=sys.stderr)
             continue
-        for seed in seeds:
+        for seed in seeds:  # each run a folder of `prism dag --dir`: dvc.yaml's quantize (and dedup) stages
             d = work / f"{v}_s{seed}"
-            run_sets = [*common, "-S", f"seed={seed}", *[x for s in sets for x in ("-S", s)], "--data", str(data_dir)]
-            cmd = [sys.executable, "-m", "stages.cli", "quantize", *run_sets, "--features", str(feat_dir),
-                   "--collab", str(inp / "collab"), "--out", str(d / "model"),
-                   "--metrics", str(d / "metrics.json"), "--curve", str(d / "curve.csv")]
-            if a.dedup:  # then dedup, in the same job
-                dedup = [sys.executable, "-m", "stages.cli", "dedup", *run_sets, "--quantizer", str(d / "model"),
-                         "--out", str(d / "sid"), "--metrics", str(d / "dedup.json")]
-                cmd = ["bash", "-c", f"{shlex.join(cmd)} && {shlex.join(dedup)}"]
+            cmd = [sys.executable, "-m", "stages.cli", "dag", "--dir", str(d), "--from", "quantize", "--until",
+                   "dedup" if a.dedup else "quantize", "--link", f"data/processed={data_dir}", "--link",
+                   f"data/features={feat_dir}", "--link", f"models/collab={inp / 'collab'}",
+                   *[x for kv in [*common, f"seed={seed}", *sets] for x in ("-S", kv)]]
             jobs.append((v, seed, d, cmd))
     # one process per run, `--jobs` at a time (RQ-KMeans runs on CPU: start it first, it is short)
     jobs.sort(key=lambda j: j[0] != "rqkmeans")
@@ -139,23 +133,23 @@ def main() -> None:
             v, seed, d, cmd = pending.pop(0)
             d.mkdir(parents=True, exist_ok=True)
             log = open(d / "log.txt", "w")
-            running.append((v, seed, d, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
-                            time.time()))
+            running.append((v, seed, d, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                          start_new_session=True), time.time()))
         time.sleep(0.5)
         for r in list(running):
             v, seed, d, p, ts = r
             late = a.total_s and time.time() - t0 > a.total_s - 5
             if p.poll() is None and not late:
                 continue
-            if p.poll() is None:
-                p.kill()
+            if p.poll() is None:  # the whole group: `prism dag` and the stage it runs
+                os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
             running.remove(r)
             m = None
-            if p.returncode == 0 and (d / "metrics.json").is_file():
-                m = json.loads((d / "metrics.json").read_text())
-                if (d / "dedup.json").is_file():
-                    dd = json.loads((d / "dedup.json").read_text())
+            if p.returncode == 0 and (d / "metrics/quantizer.json").is_file():
+                m = json.loads((d / "metrics/quantizer.json").read_text())
+                if (d / "metrics/dedup.json").is_file():
+                    dd = json.loads((d / "metrics/dedup.json").read_text())
                     m.update({"dedup_moved": dd.get("moved"), "dedup_final_collision": dd.get("final_collision_rate")})
             tail = "" if m else (d / "log.txt").read_text()[-600:]
             results.append({"variant": v, "seed": seed, "rc": p.returncode, "wall_s": round(time.time() - ts, 1),

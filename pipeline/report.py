@@ -307,7 +307,7 @@ def _detail(runs: list[Run], file: str, key: str) -> str:
         return ", ".join(sorted({str(x) for x in vals})) or "–"
     m = sum(vals) / len(vals)
     sd = math.sqrt(sum((x - m) ** 2 for x in vals) / (len(vals) - 1)) if len(vals) > 1 else None
-    nd = 0 if all(isinstance(x, int) for x in vals) or abs(m) >= 100 else 1 if abs(m) >= 1 else 4
+    nd = 4 if key.startswith(("valid.", "test.")) else 0 if all(isinstance(x, int) for x in vals) or abs(m) >= 100 else 1
     return f"{m:.{nd}f}" + (f" ± {sd:.{nd}f}" if sd is not None else "")
 
 

@@ -32,10 +32,13 @@ def stage_argv(cmd: str, overrides: list[str]) -> list[str]:
 
 def run_dir(folder: Path, params_file: Path, overrides: list[str], links: list[str]) -> None:
     """Make `folder` a run of its own, like a DVC experiment's workspace: its params.yaml is `params_file` with
-    the overrides applied (validated as every stage does), and each `PATH=TARGET` link puts an existing
+    the overrides applied (validated as every stage does; `raw_dir` made absolute from the current folder, so
+    the raw files are found where the caller sees them), and each `PATH=TARGET` link puts an existing
     output (another run's, or a prepared input) at the path dvc.yaml gives it, so the stages that make it
     need not run here."""
     data = params(params_file, overrides).to_dict()
+    # the raw files stay where they are for the caller (a relative raw_dir would otherwise mean inside the folder)
+    data["raw_dir"] = str(Path(data["raw_dir"]).expanduser().absolute())
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "params.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -64,7 +67,8 @@ def dag_cmd(
     until: str = typer.Option(None, "--until", help="last stage (and what it needs)"),
     set_: list[str] = SET_OPT,
     dvc_file: Path = typer.Option(Path("dvc.yaml"), "--dvc", help="the pipeline"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the stages and commands, run nothing"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the stages and commands, run nothing (--dir is "
+                                 "still set up)"),
     folder: Path = typer.Option(None, "--dir", help="run in this folder instead: it gets params.yaml (--params "
                                 "with the -S overrides applied) and the --link inputs, and every output"),
     link: list[str] = typer.Option(None, "--link", help="with --dir: PATH=TARGET, an output made elsewhere put at "
@@ -82,7 +86,7 @@ def dag_cmd(
         raise DataError(f"{dvc_file}: cannot read the pipeline ({exc}); run from the project root or pass --dvc.") from None
     names = between(dvc, start, until)
     env = None
-    if folder is not None and not dry_run:
+    if folder is not None:
         run_dir(folder, params_file, set_ or [], link or [])
         set_ = []  # in the run's own params.yaml now
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

@@ -31,7 +31,7 @@ def tiny(tiny_raw):
 @pytest.fixture(scope="session")
 def smoke_inputs(tmp_path_factory) -> Path:
     """The prepared GPU run's input folder for the tiny synthetic set (bench/gpu/prepare.sh SMOKE=1):
-    processed/, features/, collab/, sid_prism/, sid_rqvae/ (one CPU-minute)."""
+    processed/, features/, collab/, sid_prism/, sid_tiger/ (one CPU-minute)."""
     import os
     import subprocess
     import sys

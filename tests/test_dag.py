@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -25,7 +26,7 @@ def test_order_of_the_real_pipeline_follows_its_data_and_agrees_with_dvc():
     for s in names:  # every stage after what it reads
         assert all(names.index(p) < names.index(s) for p in par[s]), s
     # DVC's own graph: every edge `dvc dag` draws is one of ours
-    from pathlib import Path
+
 
     dot = subprocess.run([str(Path(sys.executable).with_name("dvc")), "dag", "--dot"], cwd=ROOT, capture_output=True,
                          text=True)
@@ -91,6 +92,7 @@ def test_dag_in_a_run_folder_of_its_own(tmp_path, monkeypatch):
     assert args == "a" and data == "input"  # no -S: the run's params.yaml has them
     got = yaml.safe_load(params)
     assert got["lambda1"] == 0.4 and got["variant"] == "tiger" and got["seed"] == 42
+    assert got["raw_dir"] == str(tmp_path / "data" / "raw")  # params.yaml's relative raw_dir, from where dag ran
     assert (run / "data" / "processed").is_symlink() and f"in {run}" in res.stdout
     # a second call re-links and rewrites params.yaml; bad values and links are one-line errors
     res = CliRunner().invoke(app, ["dag", "--dir", str(run), "--link", f"data/processed={inp}"])
@@ -102,3 +104,24 @@ def test_dag_in_a_run_folder_of_its_own(tmp_path, monkeypatch):
         assert res.exit_code == 1 and msg in res.stderr and "Traceback" not in res.stderr, (args, res.output)
     res = CliRunner().invoke(app, ["dag", "--link", f"data/processed={inp}"])
     assert res.exit_code == 1 and "--link needs --dir" in res.stderr
+
+
+def test_beauty_bench_runs_the_dag_in_run_folders(tmp_path):
+    """bench/beauty.sh (issue 23) on the tiny synthetic set (its REC_SET overrides the dataset): three run folders
+    made by `prism dag --dir` (prism: all stages; tiger: from the tokenizer on, on prism's linked inputs;
+    prism_full: prism's model evaluated with decode_norm=full) and `prism report`'s table of them last."""
+    import os
+
+    small = ("-S dataset=synthetic -S synthetic.size=tiny -S collab.max_epochs=2 -S collab.eval_every=1 -S device=cpu "
+             f"-S synthetic.max_epochs=1 -S recommender.enc_layers=1 -S recommender.dec_layers=1 -S raw_dir={tmp_path}/raw "
+             "-S evaluate.latency_users=5")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "D": str(tmp_path),
+           "BUDGET": "0.05", "QEPOCHS": "2", "REC_SET": small}
+    r = subprocess.run(["bash", "bench/beauty.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + "".join(
+        p.read_text()[-1500:] for p in tmp_path.glob("*.log"))
+    assert (tmp_path / "tiger/data/processed").resolve() == (tmp_path / "prism/data/processed").resolve()
+    assert not (tmp_path / "tiger/data/sid").is_symlink() and (tmp_path / "prism_full/models/recommender").is_symlink()
+    assert yaml.safe_load((tmp_path / "tiger/params.yaml").read_text())["variant"] == "tiger"
+    rows = [ln.split(" | ")[0] for ln in r.stdout.splitlines() if ln.startswith("| ")]
+    assert rows[1:] == ["| PRISM", "| decode_norm=full", "| TIGER", "| popularity"], r.stdout

@@ -25,34 +25,58 @@ def test_gpu_script_smoke(smoke_inputs, tmp_path):
     inp.mkdir()
     for d in ("raw", "processed", "features"):
         shutil.copytree(smoke_inputs / d, inp / d)
-    for d in ("processed", "features", "collab", "sid_prism", "sid_rqvae"):  # the fixture, complete
+    for d in ("processed", "features", "collab", "sid_prism", "sid_tiger"):  # the fixture, complete
         assert (smoke_inputs / d).is_dir(), d
     r = subprocess.run(["bash", "bench/gpu/beauty.sh", str(inp), str(out), "--smoke", "--rec-min", "0.05",
                         "--phases", "env prep bench cbench rec eval upstream"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
-    bad = {k: v for k, v in res["phases"].items() if v["rc"] != 0 and not k.startswith("env_")}
+    assert set(res["phases"]) == {"prep_collab", "prep_prism", "prep_tiger", "bench_setup", "cbench_setup",
+                                  "train_prism", "train_tiger", "eval_prism", "eval_tiger"}  # upstream: prep did it
+    bad = {k: v for k, v in res["phases"].items() if v["rc"] != 0}
     assert not bad, (bad, (out / "log.txt").read_text()[-4000:])
-    for name in ("prism", "tiger"):
-        assert res[name]["train"]["epochs"] >= 1 and res[name]["curve"], name
-        ev = res[name]["eval"]
+    for name in ("prism", "tiger"):  # each model's run folder (`prism dag --dir`): its metrics files and curve
+        run = res["runs"][name]
+        assert run["metrics/train.json"]["epochs"] >= 1 and run["curve"], name
+        ev = run["metrics/eval.json"]
         assert 0 <= ev["test"]["ndcg@20"] <= ev["test"]["recall@20"] <= 1
         assert ev["valid_users_per_s"] > 0 and ev["latency_ms_batch1"] > 0
-    assert res["tiger"]["train"]["params"] < res["prism"]["train"]["params"]  # TIGER: DSI off
-    prep = res["prep"]
-    assert prep["collab"]["valid_recall@20"] > 0 and prep["dedup_prism"] and prep["dedup_rqvae"]
-    assert prep["quantize_prism"]["tokenizer"] == "prism" and prep["quantize_rqvae"]["tokenizer"] == "rqvae"
-    assert res["upstream"] == {}  # measured by prep already
-    assert any("train" in b and "samples/s" in b for b in res["bench"])
-    assert any(b.startswith("compile [20]") and "compiled: train" in b for b in res["cbench"]), res["cbench"]
-    prof = res["cbench_profile"]["compile [20]"]  # where the compiled step's time goes (bench --profile)
+        assert run["metrics/dedup.json"]  # made by prep
+    runs = res["runs"]
+    assert runs["prism"]["metrics/collab.json"]["valid_recall@20"] > 0 and "metrics/collab.json" not in runs["tiger"]
+    assert runs["prism"]["metrics/quantizer.json"]["tokenizer"] == "prism"
+    assert runs["tiger"]["metrics/quantizer.json"]["tokenizer"] == "rqvae"
+    assert runs["tiger"]["metrics/train.json"]["params"] < runs["prism"]["metrics/train.json"]["params"]  # TIGER: DSI off
+    assert "up" not in runs  # measured by prep already
+    assert any("samples/s" in b and "compiled" not in b for b in res["bench"])
+    assert any("compiled: train" in b for b in res["cbench"]), res["cbench"]
+    prof = [b for b in res["cbench"] if b.startswith("profile")]  # where the compiled step's time goes
     assert prof[0].startswith("profile: 2 steps") and any("self_cpu_time_total" in ln for ln in prof)
-    # the summary table comes last on stdout (the device reply shows the end of the output)
+    # the summary (prism report's table of the two run folders) comes last on stdout: the device reply shows
+    # the end of the output
     tail = r.stdout.strip().splitlines()
-    assert tail[-1].startswith("total wall") and any(ln.startswith("| prism |") for ln in tail[-25:])
+    assert tail[-1].startswith("total wall")
+    assert any(ln.startswith("| PRISM | 1 (42) |") for ln in tail[-25:]) and any(ln.startswith("| TIGER |") for ln in tail)
     assert {p.name for p in out.iterdir()} <= {"results.json", "summary.md", "log.txt", "log_prism.txt",
                                                  "log_tiger.txt"}  # what the device tool brings back
+
+
+def test_gpu_script_upstream_phase(smoke_inputs, tmp_path):
+    """With IN complete (CPU-made collab and IDs), prep computes nothing and `upstream` times preprocess (its
+    output compared with IN's) and collab -> dedup in a run folder of its own."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHON": sys.executable}
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", "bench/gpu/beauty.sh", str(smoke_inputs), str(out), "--smoke", "--runs", "prism",
+                        "--phases", "prep upstream"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["phases"] == {k: {"rc": 0, "wall_s": v["wall_s"]} for k, v in res["phases"].items()}
+    assert set(res["phases"]) == {"preprocess", "upstream"} and res["preprocess_same_as_in"] is True
+    up = res["runs"]["up"]
+    assert up["metrics/dedup.json"] and up["metrics/quantizer.json"]["tokenizer"] == "prism"
+    assert "nothing to compute" in r.stdout and "- upstream metrics/collab.json:" in r.stdout
 
 
 def test_moe_routing_is_fp32_under_autocast():
