@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Input folder of the Table 3 run over seeds (bench/table3.py, bench/gpu/table3.sh), made on CPU with
-# `prism dag --dir` (dvc.yaml's preprocess and embed stages, in run folders under IN/.work):
+# `prism dag --dir` (dvc.yaml's preprocess and embed stages, in run folders under $WORK):
 #   bash bench/gpu/prepare_t3.sh IN [SRC]    SRC: bench/beauty.sh's output (default /tmp/beauty): its run folder
 #                                            SRC/prism gives models/collab/item_emb.npy (LightGCN on Beauty) and,
 #                                            when made, data/processed + data/features
@@ -16,7 +16,7 @@ RAW=${RAW:-../shared/data/amazon2014}
 S=(-S dataset=beauty -S raw_dir="$RAW" -S download=false)
 [ -f "$P/models/collab/item_emb.npy" ] || { echo "prepare_t3: $P/models/collab/item_emb.npy missing: run bench/beauty.sh (PHASES=inputs) first" >&2; exit 1; }
 mkdir -p "$IN/collab"
-W=$IN/.work
+W=${WORK:-/tmp/prism_prepare_t3}  # the run folders (outside IN: IN is what the device call carries)
 cp "$P/models/collab/item_emb.npy" "$IN/collab/"
 [ -d "$P/data/features" ] || prism dag --dir "$P" --until embed "${S[@]}"
 FIELDS=$(python -c "import yaml,sys; f=yaml.safe_load(open('params.yaml'))['preprocess']['text_fields']; print('[' + ','.join(x for x in f if x != 'categories') + ']')")
