@@ -138,7 +138,10 @@ def runs_from_dirs(dirs: list[Path], params_file: Path = Path("params.yaml")) ->
     (is_exp: the baseline is not a run of its own), named by the folder."""
     def load(path: Path) -> dict[str, Any]:
         try:
-            return presets.resolved(flatten(yaml12_load(path.read_text()) or {}))
+            flat = flatten(yaml12_load(path.read_text()) or {})
+            if "raw_dir" in flat:  # as `prism dag --dir` writes it: absolute, from where it ran
+                flat["raw_dir"] = str(Path(flat["raw_dir"]).expanduser().absolute())
+            return presets.resolved(flat)
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: cannot read the run's params ({exc}); is it a `prism dag --dir` folder?") from None
 
@@ -336,6 +339,9 @@ def table(base: dict[str, Any], variants: list[Variant], split: str = "test",
                          + f" |{pad}")
     common = next((v.common for v in variants if v.common), None)
     if common:
+        mine = presets.variant_of({**base, **common})
+        if mine and mine != presets.variant_of(base):  # the switches of a variant: named by it
+            common = {"variant": mine, **{k: v for k, v in common.items() if k not in presets.SWITCHES}}
         lines.append(f"\nAll experiments also set: {_kv(common)}; the rows name what else they change.")
     committed = next((r for v in variants for r in v.runs if not r.is_exp), None)
     if committed is not None:

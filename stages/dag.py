@@ -30,18 +30,20 @@ def stage_argv(cmd: str, overrides: list[str]) -> list[str]:
     return argv + [x for kv in overrides for x in ("-S", kv)]
 
 
-def run_dir(folder: Path, params_file: Path, overrides: list[str], links: list[str]) -> None:
-    """Make `folder` a run of its own, like a DVC experiment's workspace: its params.yaml is `params_file` with
-    the overrides applied (validated as every stage does; `raw_dir` made absolute from the current folder, so
+def run_dir(folder: Path, params_file: Path, dvc_file: Path, overrides: list[str], links: list[str]) -> None:
+    """Make `folder` a run of its own, like a DVC experiment's workspace: its params.yaml is `params_file` (or,
+    when the folder has one already, its own) with the overrides applied (validated as every stage does; `raw_dir` made absolute from the current folder, so
     the raw files are found where the caller sees them), and each `PATH=TARGET` link puts an existing
     output (another run's, or a prepared input) at the path dvc.yaml gives it, so the stages that make it
     need not run here."""
-    data = params(params_file, overrides).to_dict()
+    # a folder made before keeps its own params (the overrides apply on top of them), as a workspace would
+    data = params(folder / "params.yaml" if (folder / "params.yaml").is_file() else params_file, overrides).to_dict()
     # the raw files stay where they are for the caller (a relative raw_dir would otherwise mean inside the folder)
     data["raw_dir"] = str(Path(data["raw_dir"]).expanduser().absolute())
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "params.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    links = [f"dvc.yaml={dvc_file}", *links]  # the pipeline too (`plots` reads its plot declarations)
     for item in links:
         rel, sep, target = item.partition("=")
         src = Path(target).expanduser()
@@ -52,6 +54,8 @@ def run_dir(folder: Path, params_file: Path, overrides: list[str], links: list[s
             raise DataError(f"--link {item}: {src} does not exist; make it first (or leave the link out and let "
                             "the stage that writes it run).")
         dst = folder / rel
+        if dst.exists() and dst.resolve() == src.resolve():
+            continue  # already there (e.g. --dir is the project itself)
         if dst.exists() and not dst.is_symlink():
             raise DataError(f"--link {item}: {dst} is already a real file or folder of this run; remove it or use "
                             "another --dir.")
@@ -69,8 +73,9 @@ def dag_cmd(
     dvc_file: Path = typer.Option(Path("dvc.yaml"), "--dvc", help="the pipeline"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the stages and commands, run nothing (--dir is "
                                  "still set up)"),
-    folder: Path = typer.Option(None, "--dir", help="run in this folder instead: it gets params.yaml (--params "
-                                "with the -S overrides applied) and the --link inputs, and every output"),
+    folder: Path = typer.Option(None, "--dir", help="run in this folder instead: it gets params.yaml (--params, or "
+                                "the folder's own from an earlier call, with the -S overrides applied), the --link "
+                                "inputs and every output"),
     link: list[str] = typer.Option(None, "--link", help="with --dir: PATH=TARGET, an output made elsewhere put at "
                                    "its dvc.yaml path (e.g. data/processed=/tmp/beauty/prism/data/processed)"),
     params_file: Path = PARAMS_OPT,
@@ -87,7 +92,7 @@ def dag_cmd(
     names = between(dvc, start, until)
     env = None
     if folder is not None:
-        run_dir(folder, params_file, set_ or [], link or [])
+        run_dir(folder, params_file, dvc_file, set_ or [], link or [])
         set_ = []  # in the run's own params.yaml now
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.time()

@@ -94,9 +94,12 @@ def test_dag_in_a_run_folder_of_its_own(tmp_path, monkeypatch):
     assert got["lambda1"] == 0.4 and got["variant"] == "tiger" and got["seed"] == 42
     assert got["raw_dir"] == str(tmp_path / "data" / "raw")  # params.yaml's relative raw_dir, from where dag ran
     assert (run / "data" / "processed").is_symlink() and f"in {run}" in res.stdout
-    # a second call re-links and rewrites params.yaml; bad values and links are one-line errors
-    res = CliRunner().invoke(app, ["dag", "--dir", str(run), "--link", f"data/processed={inp}"])
-    assert res.exit_code == 0 and yaml.safe_load((run / "params.yaml").read_text())["lambda1"] == 0.8
+    assert (run / "dvc.yaml").resolve() == (tmp_path / "dvc.yaml").resolve()  # the pipeline, for `plots`
+    # a second call keeps the folder's params (its -S apply on top) and re-links; bad values and links are
+    # one-line errors
+    res = CliRunner().invoke(app, ["dag", "--dir", str(run), "--link", f"data/processed={inp}", "-S", "seed=7"])
+    got = yaml.safe_load((run / "params.yaml").read_text())
+    assert res.exit_code == 0 and got["lambda1"] == 0.4 and got["variant"] == "tiger" and got["seed"] == 7
     for args, msg in ((["-S", "lambda1=x"], "lambda1"), (["--link", "data/processed"], "expected PATH=TARGET"),
                       (["--link", "data/sid=/no/such"], "does not exist"), (["--link", f"../up={inp}"], "relative"),
                       (["--link", f"seen={inp}"], "already a real file")):

@@ -254,7 +254,9 @@ def test_report_of_run_folders_with_details(tmp_path):
     settings all runs share are stated once and left out of every label (the popularity row's too)."""
     import yaml as _yaml
 
-    params = _yaml.safe_load((ROOT / "params.yaml").read_text())
+    from pipeline.config import yaml12_load
+
+    params = yaml12_load((ROOT / "params.yaml").read_text())  # as DVC and prism read it (YAML 1.2)
     for name, variant, r10, wall in (("prism", "prism", 0.07, 123.4), ("tiger", "tiger", 0.06, 80.0)):
         d = tmp_path / name
         (d / "metrics").mkdir(parents=True)
@@ -279,6 +281,9 @@ def test_report_of_run_folders_with_details(tmp_path):
     assert any(ln.startswith("| popularity | 1 (42) |") for ln in lines)
     assert "All experiments also set: dataset=beauty, device=cuda" in res.stdout
     assert "empty has no metrics/eval.json" in res.stderr
+    res = CliRunner().invoke(app, ["report", "--dir", str(tmp_path / "tiger"), "--params", str(ROOT / "params.yaml")])
+    assert res.stdout.splitlines()[2].startswith("| TIGER | 1 (42) | ")  # named by its variant, as is the note:
+    assert "All experiments also set: dataset=beauty, device=cuda, variant=tiger;" in res.stdout
     res = CliRunner().invoke(app, ["report", "--dir", str(tmp_path / "nosuch")])
     assert res.exit_code == 1 and "cannot read the run's params" in res.stderr
     res = CliRunner().invoke(app, ["report", "--dir", str(tmp_path / "prism"), "--json", "x.json"])
