@@ -234,10 +234,12 @@ def group(base: dict[str, Any], runs: list[Run], ignore: tuple[str, ...] = ("see
 
 def label(diff: dict[str, Any], base: dict[str, Any] | None = None) -> str:
     """The params that differ from the baseline row; a run whose switches are exactly another variant's
-    than the baseline's is named by that variant ("TIGER", "TIGER (lambda1=0.4)")."""
-    if not diff:
-        return "baseline"
+    than the baseline's is named by that variant ("TIGER", "TIGER (lambda1=0.4)"); the baseline row itself
+    is "PRISM (committed params)" (not "baseline": SASRec is the baseline model of the table)."""
     base = base or {}
+    if not diff:
+        name = presets.LABELS.get(presets.variant_of(base) or "")
+        return f"{name} (committed params)" if name else "committed params"
     mine = presets.variant_of({**base, **diff})
     if mine and mine != presets.variant_of(base):
         rest = {k: v for k, v in diff.items() if k not in presets.SWITCHES}
@@ -346,7 +348,8 @@ def table(base: dict[str, Any], variants: list[Variant], split: str = "test",
     committed = next((r for v in variants for r in v.runs if not r.is_exp), None)
     if committed is not None:
         where = ", ".join(str(committed.metrics[k]) for k in ("device", "amp_reason") if committed.metrics.get(k))
-        lines.append(f"\n\"baseline\" is the committed metrics of {committed.name} ({EVAL_FILE}"
+        row = next(v.label for v in variants if committed in v.runs)
+        lines.append(f"\n\"{row}\" is the committed metrics of {committed.name} ({EVAL_FILE}"
                      + (f": {where}" if where else "") + "), made where that commit was made, possibly on another "
                      "machine or CPU class; `dvc exp run` with no change gives this machine's figure.")
     return "\n".join(lines)

@@ -46,14 +46,14 @@ def test_variants_by_param_difference_with_mean_and_sd():
     base, runs = runs_from_exp_show(exp_show())
     assert [r.name for r in runs] == ["prism-s1", "prism-s2", "nohsa-s1", "nohsa-s2", "tiger-s1"]  # not workspace/queued
     variants = group(base, runs)
-    assert [(v.label, len(v.runs)) for v in variants] == [("baseline", 2), ("hsa=false", 2), ("TIGER", 1)]
+    assert [(v.label, len(v.runs)) for v in variants] == [("PRISM (committed params)", 2), ("hsa=false", 2), ("TIGER", 1)]
     text = table(base, variants)
     rows = {ln.split(" | ")[0].strip("| "): ln for ln in text.splitlines()}
     # R@10 of the baseline: mean 0.071, sd 0.0014 over two seeds; the paper's figure below it
-    assert "0.0710 ± 0.0014" in rows["baseline"] and rows["baseline"].split(" | ")[1] == "2 (1, 2)"
+    assert "0.0710 ± 0.0014" in rows["PRISM (committed params)"] and rows["PRISM (committed params)"].split(" | ")[1] == "2 (1, 2)"
     assert "0.0650 ± 0.0014" in rows["hsa=false"]
     lines = text.splitlines()
-    assert lines[lines.index(rows["baseline"]) + 1].startswith("| ↳ paper (beauty) | | – | 0.0713 | 0.1030 | – | 0.0387 | 0.0467 |")
+    assert lines[lines.index(rows["PRISM (committed params)"]) + 1].startswith("| ↳ paper (beauty) | | – | 0.0713 | 0.1030 | – | 0.0387 | 0.0467 |")
     assert lines[lines.index(rows["hsa=false"]) + 1].startswith("| ↳ paper (beauty) | | – | 0.0652 |")
     assert "0.0580 |" in rows["TIGER"] and "±" not in rows["TIGER"]
 
@@ -79,10 +79,10 @@ def test_labels_name_what_differs_from_the_baseline_row_and_shared_settings_only
     obj = [_state("abc1234def", base, {"test": {"recall@10": 0.3}, "device": "cpu"}, "main", exps)]
     b, runs = runs_from_exp_show(obj)
     variants = group(b, runs)
-    assert [v.label for v in variants] == ["baseline", "dataset=beauty", "dataset=beauty, hsa=false"]
+    assert [v.label for v in variants] == ["PRISM (committed params)", "dataset=beauty", "dataset=beauty, hsa=false"]
     text = table(b, variants)
     assert "All experiments also set" not in text
-    assert '"baseline" is the committed metrics of main (metrics/eval.json: cpu)' in text
+    assert '"PRISM (committed params)" is the committed metrics of main (metrics/eval.json: cpu)' in text
     lines = text.splitlines()
     # the paper's Beauty figures follow the experiments' dataset, not the commit's
     i = next(j for j, ln in enumerate(lines) if ln.startswith("| dataset=beauty |"))
@@ -98,7 +98,7 @@ def test_labels_name_what_differs_from_the_baseline_row_and_shared_settings_only
     # one experiment after `make repro`: named by its param
     one = [_state("abc1234def", BASE, _metrics(0.07), "main", [_exp("l", 0.071, lambda1=0.4)])]
     b, runs = runs_from_exp_show(one)
-    assert [v.label for v in group(b, runs)] == ["baseline", "lambda1=0.4"]
+    assert [v.label for v in group(b, runs)] == ["PRISM (committed params)", "lambda1=0.4"]
 
 
 def test_variant_presets_and_their_long_spelling_are_one_row_named_by_the_variant():
@@ -117,7 +117,7 @@ def test_variant_presets_and_their_long_spelling_are_one_row_named_by_the_varian
             or v != BASE[k]}}
     b, runs = runs_from_exp_show([_state("abc1234def", auto, _metrics(0.07), "main", exps)])
     labels = {v.label: len(v.runs) for v in group(b, runs)}
-    assert labels == {"baseline": 1, "TIGER": 2, "TIGER (lambda1=0.4)": 1, "RQ-KMeans": 1, "hsa=false": 1}, labels
+    assert labels == {"PRISM (committed params)": 1, "TIGER": 2, "TIGER (lambda1=0.4)": 1, "RQ-KMeans": 1, "hsa=false": 1}, labels
 
 
 FAKE_STAGE = '''\
@@ -182,7 +182,7 @@ def test_report_from_a_real_dvc_queue_of_two_seeds_and_two_variants(tmp_path, mo
     assert "5 runs in 2 variants" in res.output
     rows = {ln.split(" | ")[0].strip("| "): ln.split(" | ") for ln in (tmp_path / "table.md").read_text().splitlines()}
     # R@10 = x: seeds 1, 2, 42 -> 0.051, 0.052, 0.052 (mean 0.0517, sd 0.0006); hsa=false (seeds 1, 2) 0.01 lower
-    assert rows["baseline"][1] == "3 (1, 2, 42)" and rows["baseline"][3] == "0.0517 ± 0.0006"
+    assert rows["committed params"][1] == "3 (1, 2, 42)" and rows["committed params"][3] == "0.0517 ± 0.0006"  # no tokenizer param: no variant names it
     assert rows["hsa=false"][1] == "2 (1, 2)" and rows["hsa=false"][3] == "0.0415 ± 0.0007"
     assert rows["hsa=false"][2] == "0.0208 ± 0.0004"  # R@5 = x / 2
 
