@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 PRISM = [sys.executable, "-m", "stages.cli"]
+PHASES = ("env", "prep", "bench", "cbench", "rec", "eval", "upstream")
 # smoke runs check the plumbing, not the model: tiny data, one layer each side, one or two epochs
 SMOKE = ["dataset=synthetic", "synthetic.size=tiny", "device=cpu", "evaluate.latency_users=5", "recommender.enc_layers=1",
          "recommender.dec_layers=1", "collab.max_epochs=2", "collab.eval_every=1", "quantize.epochs=2",
@@ -133,6 +134,8 @@ def phase_prep(r: Run) -> None:
 def phase_bench(r: Run, name: str, opts: list[str], reserve: float) -> None:
     """bench/recommender_throughput.py on the PRISM run folder (its params.yaml: this run's settings)."""
     dev, (steps, users) = ("cpu", ("3", "16")) if r.a.smoke else ("cuda", ("60", "4096") if name == "bench" else ("300", "256"))
+    if r.left() - reserve < (10 if r.a.smoke else 60):  # what later phases need comes first
+        return r.say(f"{name}: skipped, {r.left() - reserve:.0f} s left beyond the {reserve:.0f} s reserve")
     r.wait(r.start(f"{name}_setup", r.dag("prism", "--until", "collab", "--dry-run")), reserve)  # writes params.yaml
     text = r.output(name, [sys.executable, "bench/recommender_throughput.py", str(r.scratch / "prism"), "--devices", dev,
                            "--steps", steps, "--users", users, *opts], reserve)
@@ -141,14 +144,14 @@ def phase_bench(r: Run, name: str, opts: list[str], reserve: float) -> None:
         r.say(f"{name}: {ln}")
 
 
-def phase_cbench(r: Run) -> None:
+def phase_cbench(r: Run, reserve: float) -> None:
     """The training step through torch.compile (mode reduce-overhead: CUDA graphs) with histories padded to one
     length (20), against the eager step; 30 steps profiled. Smoke: aot_eager (no build), no dropout, compiled only."""
     opts = ["-S", "recommender.compile=true", "-S", "recommender.length_buckets=[20]", "--profile", "2" if r.a.smoke else "30"]
     if r.a.smoke:
         return phase_bench(r, "cbench", [*opts, "--compile-backend", "aot_eager", "-S", "recommender.dropout=0.0"], 20)
-    phase_bench(r, "cbench_eager", ["-S", "recommender.compile=false"], 240)
-    phase_bench(r, "cbench", opts, 240)
+    phase_bench(r, "cbench_eager", ["-S", "recommender.compile=false"], reserve)
+    phase_bench(r, "cbench", opts, reserve)
 
 
 def phase_upstream(r: Run) -> None:
@@ -173,12 +176,14 @@ def summary(r: Run) -> str:
 
     env = r.res.get("env", {})
     lines = [f"# GPU run {r.res['started']} ({'smoke, CPU' if r.a.smoke else 'Beauty'})", ""]
-    lines += [f"- {k}: {v[:600]}" for k, v in env.items()] + [f"- {ln}" for k in ("bench", "cbench_eager", "cbench")
-                                                              for ln in r.res.get(k, []) if not ln.startswith("profile")]
+    lines += [f"- {k}: {v[:600]}".replace("\n", ", ") for k, v in env.items()]
+    lines += [f"- {ln}" for k in ("bench", "cbench_eager", "cbench") for ln in r.res.get(k, []) if not ln.startswith("profile")]
     if r.a.set:
         lines.append(f"- NOT the paper recipe, run with: {' '.join(r.a.set)}")
     dirs = [r.scratch / n for n in r.a.runs if (r.scratch / n / "params.yaml").is_file()]
     try:
+        if not dirs:
+            raise ValueError("no run folder")
         base, runs = runs_from_dirs(dirs, ROOT / "params.yaml")
         lines += ["", report(base, runs, yaml.safe_load((ROOT / "dvc.yaml").read_text()), details=True)[0]]
     except Exception as exc:  # noqa: BLE001 - the figures are in results.json either way
@@ -213,6 +218,11 @@ def main() -> None:
                     help="extra param of every run (e.g. recommender.batch_size=1024): named in the summary")
     a = ap.parse_args()
     a.runs = a.runs.split(",")
+    from pipeline.variants import VARIANTS
+
+    for bad, known in ((set(a.phases.split()) - set(PHASES), PHASES), (set(a.runs) - set(VARIANTS), VARIANTS)):
+        if bad:
+            ap.error(f"unknown {', '.join(sorted(bad))}; known: {', '.join(known)}")
     a.out.mkdir(parents=True, exist_ok=True)
     r = Run(a)
 
@@ -223,7 +233,7 @@ def main() -> None:
 
     steps = {"env": lambda: r.res.update(env={k: r.output(f"env_{k}", c) for k, c in ENV.items()}),
              "prep": lambda: phase_prep(r), "bench": lambda: phase_bench(r, "bench", [], 300),
-             "cbench": lambda: phase_cbench(r), "rec": rec,
+             "cbench": lambda: phase_cbench(r, 240 if "rec" in a.phases.split() else 20), "rec": rec,
              "eval": lambda: r.side_by_side("eval", ["--from", "evaluate", "--until", "evaluate"], 10),
              "upstream": lambda: phase_upstream(r)}
     for ph in a.phases.split():
