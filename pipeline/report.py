@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +141,7 @@ def runs_from_dirs(dirs: list[Path], params_file: Path = Path("params.yaml")) ->
         try:
             flat = flatten(yaml12_load(path.read_text()) or {})
             if "raw_dir" in flat:  # as `prism dag --dir` writes it: absolute, from where it ran
-                flat["raw_dir"] = str(Path(flat["raw_dir"]).expanduser().absolute())
+                flat["raw_dir"] = os.path.abspath(Path(flat["raw_dir"]).expanduser())
             return presets.resolved(flat)
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: cannot read the run's params ({exc}); is it a `prism dag --dir` folder?") from None
@@ -269,8 +270,8 @@ def paper_row(v: Variant, base: dict[str, Any]) -> dict | None:
         return None
     if v.label.startswith(tuple(REFERENCE_STAGES)):
         return table.get("SASRec") if v.label == "SASRec" else None
-    if any(k not in presets.SWITCHES and k not in SETUP_KEYS for k in v.diff):
-        return None
+    if any(k not in presets.SWITCHES and k not in SETUP_KEYS for k in {**v.common, **v.diff}):
+        return None  # another recipe (the settings every run shares count too)
     name = presets.variant_of(params)
     if name == "prism":
         return table["PRISM"]

@@ -39,7 +39,7 @@ def run_dir(folder: Path, params_file: Path, dvc_file: Path, overrides: list[str
     # a folder made before keeps its own params (the overrides apply on top of them), as a workspace would
     data = params(folder / "params.yaml" if (folder / "params.yaml").is_file() else params_file, overrides).to_dict()
     # the raw files stay where they are for the caller (a relative raw_dir would otherwise mean inside the folder)
-    data["raw_dir"] = str(Path(data["raw_dir"]).expanduser().absolute())
+    data["raw_dir"] = os.path.abspath(Path(data["raw_dir"]).expanduser())
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "params.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -284,6 +284,11 @@ def test_report_of_run_folders_with_details(tmp_path):
     res = CliRunner().invoke(app, ["report", "--dir", str(tmp_path / "tiger"), "--params", str(ROOT / "params.yaml")])
     assert res.stdout.splitlines()[2].startswith("| TIGER | 1 (42) | ")  # named by its variant, as is the note:
     assert "All experiments also set: dataset=beauty, device=cuda, variant=tiger;" in res.stdout
+    # a recipe change every run shares (here a training budget) is not the paper's: no paper row
+    p = {**params, "dataset": "beauty", "variant": "tiger", "recommender": {**params["recommender"], "time_budget_min": 4}}
+    (tmp_path / "tiger" / "params.yaml").write_text(_yaml.safe_dump(p))
+    res = CliRunner().invoke(app, ["report", "--dir", str(tmp_path / "tiger"), "--params", str(ROOT / "params.yaml")])
+    assert "recommender.time_budget_min=4" in res.stdout and "paper" not in res.stdout, res.stdout
     res = CliRunner().invoke(app, ["report", "--dir", str(tmp_path / "nosuch")])
     assert res.exit_code == 1 and "cannot read the run's params" in res.stderr
     res = CliRunner().invoke(app, ["report", "--dir", str(tmp_path / "prism"), "--json", "x.json"])
