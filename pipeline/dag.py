@@ -8,7 +8,19 @@ deps. `order` is a topological order that keeps dvc.yaml's own order among stage
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
 from pipeline.utils import DataError
+
+
+def load(path: Path) -> dict:
+    """dvc.yaml as a dict; an unreadable file is one DataError naming it."""
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"{path}: cannot read the pipeline ({exc}); run from the project root or pass --dvc.") from None
 
 
 def _paths(entries) -> list[str]:

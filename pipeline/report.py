@@ -148,14 +148,20 @@ def runs_from_dirs(dirs: list[Path], params_file: Path = Path("params.yaml")) ->
 
     runs = []
     for d in dirs:
-        files = {}
-        for f in sorted((d / "metrics").glob("*.json")):
-            try:
-                files[f"metrics/{f.name}"] = json.loads(f.read_text())
-            except (OSError, ValueError) as exc:
-                raise DataError(f"{f}: unreadable metrics ({exc}); rerun the stage that writes it.") from None
+        files = metrics_files(d)
         runs.append(Run(d.name, load(d / "params.yaml"), files.get(EVAL_FILE, {}), True, files))
     return load(params_file), runs
+
+
+def metrics_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """A run folder's metrics/*.json by their dvc.yaml path ("metrics/eval.json": {...})."""
+    files = {}
+    for f in sorted((folder / "metrics").glob("*.json")):
+        try:
+            files[f"metrics/{f.name}"] = json.loads(f.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{f}: unreadable metrics ({exc}); rerun the stage that writes it.") from None
+    return files
 
 
 def _reads(key: str, keys: tuple[str, ...]) -> bool:
@@ -212,7 +218,7 @@ def group(base: dict[str, Any], runs: list[Run], ignore: tuple[str, ...] = ("see
     """Runs grouped into variants by the params that differ from the baseline commit's (`seed` aside),
     each labelled by exactly those params (or its variant's name, pipeline/variants.py). Only when the
     commit itself has no run in the table are the settings every experiment shares stated once under
-    it and left out of the labels (the row with none left is the "sweep default")."""
+    it and left out of the labels (the row with none left is named by its variant, else "sweep default")."""
     variants_: dict[tuple, Variant] = {}
     for r in runs:
         diff = {k: v for k, v in r.params.items() if k not in ignore and base.get(k) != v}
@@ -239,8 +245,7 @@ def label(diff: dict[str, Any], base: dict[str, Any] | None = None) -> str:
     is "PRISM (committed params)" (not "baseline": SASRec is the baseline model of the table)."""
     base = base or {}
     if not diff:
-        name = presets.LABELS.get(presets.variant_of(base) or "")
-        return f"{name} (committed params)" if name else "committed params"
+        return _name(base, "{} (committed params)", "committed params")
     mine = presets.variant_of({**base, **diff})
     if mine and mine != presets.variant_of(base):
         rest = {k: v for k, v in diff.items() if k not in presets.SWITCHES}
@@ -248,9 +253,10 @@ def label(diff: dict[str, Any], base: dict[str, Any] | None = None) -> str:
     return _kv(diff)
 
 
-def _name(params: dict[str, Any]) -> str:
-    """The row of the shared settings alone: its variant's name ("PRISM"), else "sweep default"."""
-    return presets.LABELS.get(presets.variant_of(params) or "", "sweep default")
+def _name(params: dict[str, Any], form: str = "{}", default: str = "sweep default") -> str:
+    """A row named by the variant of its params (`form` around the name: "PRISM"), else `default`."""
+    name = presets.LABELS.get(presets.variant_of(params) or "")
+    return form.format(name) if name else default
 
 
 def _kv(d: dict[str, Any]) -> str:
@@ -283,14 +289,14 @@ def paper_row(v: Variant, base: dict[str, Any]) -> dict | None:
     return None
 
 
-def mean_sd(xs: list[float]) -> str:
+def mean_sd(xs: list[float], nd: int = 4) -> str:
     if not xs:
         return "–"
     m = sum(xs) / len(xs)
     if len(xs) == 1:
-        return f"{m:.4f}"
+        return f"{m:.{nd}f}"
     sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    return f"{m:.4f} ± {sd:.4f}"
+    return f"{m:.{nd}f} ± {sd:.{nd}f}"
 
 
 # `--details`: how each row was trained and how fast it serves (header, metrics file, dotted key)
@@ -312,9 +318,8 @@ def _detail(runs: list[Run], file: str, key: str) -> str:
     if not vals or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
         return ", ".join(sorted({str(x) for x in vals})) or "–"
     m = sum(vals) / len(vals)
-    sd = math.sqrt(sum((x - m) ** 2 for x in vals) / (len(vals) - 1)) if len(vals) > 1 else None
     nd = 4 if key.startswith(("valid.", "test.")) else 0 if all(isinstance(x, int) for x in vals) or abs(m) >= 100 else 1
-    return f"{m:.{nd}f}" + (f" ± {sd:.{nd}f}" if sd is not None else "")
+    return mean_sd(vals, nd)
 
 
 def table(base: dict[str, Any], variants: list[Variant], split: str = "test",

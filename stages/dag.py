@@ -14,6 +14,7 @@ import typer
 import yaml
 
 from pipeline.dag import between
+from pipeline.dag import load as load_dvc
 from pipeline.utils import DataError, ParamError, atomic_path
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
@@ -85,10 +86,7 @@ def dag_cmd(
     the benchmarks. No caching: every selected stage runs."""
     if link and folder is None:
         raise ParamError("--link needs --dir (the run folder the links go into).")
-    try:
-        dvc = yaml.safe_load(dvc_file.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{dvc_file}: cannot read the pipeline ({exc}); run from the project root or pass --dvc.") from None
+    dvc = load_dvc(dvc_file)
     names = between(dvc, start, until)
     env = None
     if folder is not None:

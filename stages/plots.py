@@ -6,8 +6,8 @@ import subprocess
 from pathlib import Path
 
 import typer
-import yaml
 
+from pipeline.dag import load as load_dvc
 from pipeline.plots import render, specs_from_dvc
 from pipeline.utils import DataError
 
@@ -49,10 +49,7 @@ def plots_cmd(
 ):
     """Draw every plot dvc.yaml declares (training curves, popularity groups) as PNG and SVG, with no
     browser or network: open plots/img/*.png (or .svg) in any image viewer."""
-    try:
-        dvc = yaml.safe_load(dvc_file.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{dvc_file}: cannot read the pipeline ({exc}); run from the project root or pass --dvc.") from None
+    dvc = load_dvc(dvc_file)
     revs = ([] if no_workspace else ["workspace"]) + list(rev or [])
     if not revs:
         raise DataError("--no-workspace needs at least one --rev.")

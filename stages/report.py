@@ -6,12 +6,18 @@ from pathlib import Path
 
 import typer
 
-import yaml
-
+from pipeline.dag import load as load_dvc
 from pipeline.report import all_runs_from_exp_show, exp_show_json, report, runs_from_dirs
 from pipeline.utils import DataError, ParamError, atomic_path
 
 from .common import stage
+
+
+def _saved(json_file: Path) -> list:
+    try:
+        return json.loads(json_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{json_file}: cannot read `dvc exp show --json` output ({exc}).") from None
 
 
 @stage
@@ -38,22 +44,12 @@ def report_cmd(
             if not r.metrics:
                 print(f"report: {d} has no metrics/eval.json (its evaluate stage did not finish): no row",
                       file=sys.stderr)
-    elif json_file is not None:
-        try:
-            obj = json.loads(json_file.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{json_file}: cannot read `dvc exp show --json` output ({exc}).") from None
     else:
-        obj = exp_show_json()
-    if not dirs:
-        base, every = all_runs_from_exp_show(obj)
+        base, every = all_runs_from_exp_show(exp_show_json() if json_file is None else _saved(json_file))
     if not every:
         raise DataError("no finished run with metrics/eval.json or metrics/baseline.json: run `dvc repro` or "
                         "`dvc exp run` first.")
-    try:
-        dvc = yaml.safe_load(dvc_file.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{dvc_file}: cannot read the pipeline ({exc}); run from the project root or pass --dvc.") from None
+    dvc = load_dvc(dvc_file)
     text, said = report(base, every, dvc, split, details)
     if out:
         with atomic_path(out) as tmp:

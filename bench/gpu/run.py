@@ -171,8 +171,8 @@ def phase_upstream(r: Run) -> None:
 
 
 def summary(r: Run) -> str:
+    from pipeline.dag import load
     from pipeline.report import report, runs_from_dirs
-    import yaml
 
     env = r.res.get("env", {})
     lines = [f"# GPU run {r.res['started']} ({'smoke, CPU' if r.a.smoke else 'Beauty'})", ""]
@@ -185,7 +185,7 @@ def summary(r: Run) -> str:
         if not dirs:
             raise ValueError("no run folder")
         base, runs = runs_from_dirs(dirs, ROOT / "params.yaml")
-        lines += ["", report(base, runs, yaml.safe_load((ROOT / "dvc.yaml").read_text()), details=True)[0]]
+        lines += ["", report(base, runs, load(ROOT / "dvc.yaml"), details=True)[0]]
     except Exception as exc:  # noqa: BLE001 - the figures are in results.json either way
         lines += ["", f"(no results table: {exc!r})"]
     for f, m in r.res.get("runs", {}).get("up", {}).items():  # the upstream stages' own figures on this machine
@@ -197,9 +197,11 @@ def summary(r: Run) -> str:
 
 
 def collect(r: Run) -> None:
+    from pipeline.report import metrics_files
+
     for d in [r.scratch / n for n in (*r.a.runs, "up")]:
         if d.is_dir():
-            files = {f"metrics/{f.name}": json.loads(f.read_text()) for f in sorted((d / "metrics").glob("*.json"))}
+            files = metrics_files(d)
             curve = d / "plots/train.csv"
             rows = list(csv.DictReader(curve.read_text().splitlines())) if curve.is_file() else []
             r.res.setdefault("runs", {})[d.name] = {**files, "curve": rows}
