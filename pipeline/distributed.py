@@ -66,6 +66,17 @@ def max_over_ranks(x: float, device: str) -> float:
     return float(t.item())
 
 
+def sum_over_ranks(sums: dict) -> dict:
+    """Every rank's values summed, key by key, on every rank (the training loss sums of an epoch). The
+    values are numbers or 0-d tensors on the rank's device; every rank holds the same keys."""
+    if world() == 1 or not sums:
+        return sums
+    keys = sorted(sums)
+    t = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).reshape(()) for k in keys])
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, t.unbind()))
+
+
 def replicas_equal(model: torch.nn.Module) -> bool:
     """Whether every rank holds bit-identical parameters (a digest per rank, gathered)."""
     h = hashlib.md5()

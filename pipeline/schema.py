@@ -216,6 +216,16 @@ RELATIONS: list[tuple[tuple[str, ...], Callable[..., bool], str]] = [
     (("tau_min", "tau_max"), lambda lo, hi: lo <= hi, "tau_min must be <= tau_max"),
     (("recommender.top_k", "recommender.n_experts"), lambda k, n: k <= n,
      "recommender.top_k must be <= recommender.n_experts"),
+    # a semantic ID is one int64 (pipeline/tokenizer/dedup.py sid_int): K^L codes must fit, with a bit to spare
+    (("levels", "codebook_size"), lambda L, K: L * math.log2(K) <= 62,
+     "levels x log2(codebook_size) must be <= 62 (a semantic ID is one 64-bit integer: e.g. levels 4 with "
+     "codebook_size up to 2^15)"),
+    # a bucket shorter than the history would leave the longer histories without a shape (one compiled graph
+    # per length, past the recompile limit)
+    (("recommender.length_buckets", "preprocess.max_seq_len"),
+     lambda b, n: not isinstance(b, list) or not b or max(b) >= n,
+     "the largest of recommender.length_buckets must be >= preprocess.max_seq_len (the history length), "
+     "e.g. [5, 10, 20] for histories of 20, or [] / auto"),
 ]
 
 

@@ -180,15 +180,40 @@ def load_torch(path: str | Path, device: str = "cpu") -> Any:
                         "model files of unknown origin.") from None
 
 
-def seed_everything(seed: int) -> np.random.Generator:
+def resolve_deterministic(setting: bool | str, device: str) -> bool:
+    """`recommender.deterministic`, the one rule of every stage that runs torch: deterministic kernels or not.
+    `auto`: on for a CPU (same params, same metrics: e.g. index backward without atomics), off for CUDA, where
+    they are slower and fill every new allocation (`torch.utils.deterministic.fill_uninitialized_memory`), so a
+    GPU's users/s and latency would differ between `prism evaluate`, validation and the benchmarks; GPU runs then
+    vary in the last digits between runs, as GPU training usually does."""
+    import torch
+
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise ParamError(f"recommender.deterministic must be true, false or 'auto', got {setting!r}")
+    return torch.device(device).type != "cuda"
+
+
+def seed_everything(seed: int, device: str = "cpu", deterministic: bool | str = "auto") -> np.random.Generator:
+    """Seed Python, numpy and torch, and set deterministic kernels by `resolve_deterministic` (what a stage's
+    metrics record as `deterministic`: `deterministic_kernels()`)."""
     import torch
 
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-    # same params on CPU -> same metrics: deterministic kernels (e.g. index backward without atomics)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    det = resolve_deterministic(deterministic, device)
+    torch.use_deterministic_algorithms(det, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = det
     return np.random.default_rng(seed)
+
+
+def deterministic_kernels() -> bool:
+    """Whether torch runs deterministic kernels now (set by `seed_everything`): a stage's metrics say it."""
+    import torch
+
+    return torch.are_deterministic_algorithms_enabled()
 
 
 def resolve_device(name: str = "auto") -> str:
@@ -203,4 +228,8 @@ def resolve_device(name: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ParamError(f"device '{name}' requested but CUDA is not available; use 'auto' or 'cpu'.")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ParamError(f"device '{name}' requested but this machine has {n} CUDA device{'s' if n != 1 else ''} "
+                         f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''}); use 'auto', 'cuda' or one of those.")
     return name

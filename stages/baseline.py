@@ -13,7 +13,7 @@ from pipeline.baseline.sasrec import KS, SASRec, SASRecConfig, evaluate, fit
 from pipeline.data.preprocess import longer_histories
 from pipeline.metrics import popularity_topk, recall_ndcg, target_ranks
 from pipeline.recommender.seqdata import SeqData, Windows
-from pipeline.utils import DataError, resolve_device, seed_everything, write_curve, write_metrics, write_torch
+from pipeline.utils import DataError, deterministic_kernels, resolve_device, seed_everything, write_curve, write_metrics, write_torch
 
 from .common import DATA_OPT, PARAMS_OPT, SET_OPT, params, stage, summary
 
@@ -39,7 +39,7 @@ def baseline_cmd(
     p = params(params_file, set_)
     device = resolve_device(p["device"])
     seed = p["seed"]
-    seed_everything(seed)
+    seed_everything(seed, device, p["recommender.deterministic"])
     b = "baseline"
     if p[f"{b}.model"] != "sasrec":
         raise DataError(f"baseline.model must be 'sasrec', got {p[f'{b}.model']!r}")
@@ -72,7 +72,8 @@ def baseline_cmd(
     write_torch(out / "model.pt", {"config": cfg.__dict__, "state_dict": res.state})
     pop = popularity_topk(items["train_count"].to_numpy(), max(KS))
     result = {"model": "sasrec", **res.info, "params": sum(x.numel() for x in model.parameters()),
-              "train_samples": train.n_samples, "device": device}
+              "train_samples": train.n_samples, "device": device,
+              "deterministic": deterministic_kernels()}
     for split, d in (("valid", valid), ("test", test)):
         result[split] = evaluate(model, d, device, cfg.eval_batch)
         result[f"{split}_popularity_baseline"] = recall_ndcg(target_ranks(np.broadcast_to(pop, (len(d), len(pop))),

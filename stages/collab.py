@@ -8,7 +8,7 @@ import pandas as pd
 import typer
 
 from pipeline.features.lightgcn import CollabConfig, train_als, train_lightgcn
-from pipeline.utils import ParamError, atomic_path, resolve_device, seed_everything, write_metrics, write_npy
+from pipeline.utils import ParamError, atomic_path, deterministic_kernels, resolve_device, seed_everything, write_metrics, write_npy
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
 
@@ -26,7 +26,7 @@ def collab_cmd(
     p = params(params_file, set_)
     cfg = CollabConfig(**{k: p[f"collab.{k}"] for k in CollabConfig.__dataclass_fields__})
     device = resolve_device(p["device"])
-    rng = seed_everything(p["seed"])
+    rng = seed_everything(p["seed"], device, p["recommender.deterministic"])
     n_items = len(pd.read_parquet(data / "items.parquet", columns=["item"]))
     train = pd.read_parquet(data / "train.parquet", columns=["user", "items"])
     valid = pd.read_parquet(data / "valid.parquet", columns=["user", "target"])
@@ -42,7 +42,7 @@ def collab_cmd(
         raise ParamError(f"collab.method must be 'lightgcn' or 'als', got '{cfg.method}'")
     write_npy(out / "item_emb.npy", res.item_emb)
     write_npy(out / "user_emb.npy", res.user_emb)
-    write_metrics(metrics, {**res.metrics, "device": device})
+    write_metrics(metrics, {**res.metrics, "device": device, "deterministic": deterministic_kernels()})
     with atomic_path(curve) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["epoch", "loss", "valid_recall@20"])
         w.writeheader()

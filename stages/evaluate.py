@@ -15,7 +15,7 @@ from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.evaluate import batch1_latency_ms, decode_batch, rank
 from pipeline.recommender.model import RecConfig
 from pipeline.recommender.seqdata import SeqData
-from pipeline.utils import (ParamError, atomic_path, load_torch, resolve_device, seed_everything, write_metrics,
+from pipeline.utils import (ParamError, atomic_path, deterministic_kernels, load_torch, resolve_device, seed_everything, write_metrics,
                             write_parquet)
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
@@ -39,7 +39,7 @@ def evaluate_cmd(
     """Leave-one-out evaluation on valid and test: trie-constrained beam search over all items."""
     p = params(params_file, set_)
     device = resolve_device(p["device"])
-    seed_everything(p["seed"])
+    seed_everything(p["seed"], device, p["recommender.deterministic"])
     beam, norm = p["evaluate.beam_size"], p["decode_norm"]
     batch = decode_batch(p["evaluate.batch_size"], device)
     amp = resolve_decode_amp(p["evaluate.amp"], device)
@@ -83,7 +83,7 @@ def evaluate_cmd(
             "topk": [list(asins[r[r >= 0]]) for r in top],
         }))
     out["latency_ms_batch1"] = round(latency, 2)
-    out["device"] = device
+    out["device"], out["deterministic"] = device, deterministic_kernels()
     write_parquet(predictions, pd.concat(rows, ignore_index=True))
     write_metrics(metrics, out)
     with atomic_path(groups_plot) as tmp, open(tmp, "w", newline="") as fh:

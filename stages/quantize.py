@@ -10,7 +10,7 @@ import typer
 
 from pipeline.tokenizer.quantizer import QuantizerConfig
 from pipeline.tokenizer.train import TrainConfig, make_inputs, rq_kmeans, tokenizer_config, train_quantizer
-from pipeline.utils import atomic_path, resolve_device, seed_everything, write_metrics, write_npy, write_torch
+from pipeline.utils import atomic_path, deterministic_kernels, resolve_device, seed_everything, write_metrics, write_npy, write_torch
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
 
@@ -45,7 +45,7 @@ def quantize_cmd(
     tcfg = TrainConfig(**{k: p[f"quantize.{k}"] for k in TrainConfig.__dataclass_fields__})
     tokenizer, seed = p["tokenizer"], p["seed"]
     device = resolve_device(p["device"])
-    seed_everything(seed)
+    seed_everything(seed, device, p["recommender.deterministic"])
     items = pd.read_parquet(data / "items.parquet")
     e_cont = np.load(features / "content.npy")
     e_collab = np.load(collab / "item_emb.npy")
@@ -63,7 +63,8 @@ def quantize_cmd(
     write_npy(out / "z.npy", res.z)
     write_npy(out / "q.npy", res.q)
     write_npy(out / "codebooks.npy", res.codebooks)
-    m = {"tokenizer": tokenizer, **res.metrics, "wall_s": round(time.time() - t0, 1), "device": device}
+    m = {"tokenizer": tokenizer, **res.metrics, "wall_s": round(time.time() - t0, 1), "device": device,
+         "deterministic": deterministic_kernels()}
     write_metrics(metrics, m)
     fields = sorted({k for row in res.history for k in row}, key=lambda k: (k != "epoch", k))
     with atomic_path(curve) as tmp, open(tmp, "w", newline="") as fh:

@@ -60,7 +60,7 @@ def train_cmd(
 
 def _train(p, device, data, features, collab, sid, out, ckpt, metrics, curve):
     seed = p["seed"]
-    seed_everything(seed)
+    seed_everything(seed, device, p["recommender.deterministic"])
     a = load_assets(data, features, collab, sid)
     cfg = model_config(p, a)
     fcfg = FitConfig(**{k: p[f"recommender.{k}"] for k in FitConfig.__dataclass_fields__

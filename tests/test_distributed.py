@@ -27,7 +27,7 @@ def test_shard_gives_every_rank_the_same_number_of_disjoint_batches():
     assert shard(batches, 0, 1) == batches
 
 
-def _torchrun(inp: Path, out: Path, budget_min: float) -> subprocess.CompletedProcess:
+def _torchrun(inp: Path, out: Path, budget_min: float, nproc: int = 2, extra: tuple = ()) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     small = ["-S", "recommender.enc_layers=1", "-S", "recommender.dec_layers=1", "-S", "recommender.d_ff=128"]
     args = ["-S", "dataset=synthetic", "-S", "synthetic.size=tiny", "-S", "device=cpu", *small,
@@ -35,8 +35,8 @@ def _torchrun(inp: Path, out: Path, budget_min: float) -> subprocess.CompletedPr
             "-S", f"recommender.time_budget_min={budget_min}",
             "--data", str(inp / "processed"), "--features", str(inp / "features"), "--collab", str(inp / "collab"),
             "--sid", str(inp / "sid_prism"), "--out", str(out / "model"), "--ckpt", str(out / "ckpt"),
-            "--metrics", str(out / "train.json"), "--curve", str(out / "train.csv")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "--metrics", str(out / "train.json"), "--curve", str(out / "train.csv"), *extra]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "stages.cli", "train", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -65,3 +65,12 @@ def test_torchrun_two_cpu_ranks_train_and_resume(smoke_inputs, tmp_path):
     assert [int(x["epoch"]) for x in rows] == [1, 1, 2]
     assert float(rows[-1]["train_total"]) < float(rows[0]["train_total"])  # the loss falls
     assert (tmp_path / "model" / "model.pt").is_file()
+    # issue 31 A.6: the loss columns are every rank's loss over every rank's samples (rank 0's sum over all
+    # ranks' count showed half the loss), the cut epoch's sums carried once: one process with the same global
+    # batch (2 x 128) and so the same steps trains to about the same epoch-1 loss
+    one = tmp_path / "one"
+    r1 = _torchrun(smoke_inputs, one, 0, nproc=1, extra=("-S", "recommender.batch_size=256",
+                                                         "-S", "synthetic.max_epochs=1"))
+    assert r1.returncode == 0, r1.stderr[-4000:]
+    single = float(next(csv.DictReader(open(one / "train.csv")))["train_total"])
+    assert abs(float(rows[1]["train_total"]) - single) <= 0.1 * single, (rows[1]["train_total"], single)

@@ -117,3 +117,21 @@ def test_table3_script_smoke(smoke_inputs, tmp_path):
     assert runs[("prism", 1)]["metrics"]["final_loss"] != runs[("prism", 2)]["metrics"]["final_loss"]
     tail = r.stdout.strip().splitlines()
     assert any(ln.startswith("| PRISM (full) | 2/2 |") for ln in tail) and any("±" in ln for ln in tail)
+
+
+def test_first_contact_script_smoke(smoke_inputs, tmp_path):
+    """bench/gpu/first_contact.sh --smoke on CPU: every check runs (no_sync skipped: no CUDA), one training run
+    by `prism dag`, a SUMMARY line with 0 failed (issue 31 A.9: a typo must never cost device time)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHON": sys.executable}
+    out = tmp_path / "fc"
+    r = subprocess.run(["bash", "bench/gpu/first_contact.sh", str(smoke_inputs), str(out), "--smoke", "--runs", "prism",
+                        "--epochs", "1", "--users", "40"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    checks = {ln.split(":")[0][6:]: ln.split(": ", 1)[1] for ln in r.stdout.splitlines() if ln.startswith("CHECK ")}
+    assert set(checks) == {"adam", "no_sync", "profile", "rank_batch", "train_prism"}, checks
+    assert checks["no_sync"].startswith("SKIP") and all(v.startswith("PASS") for k, v in checks.items() if k != "no_sync")
+    assert "compile_s" in checks["train_prism"] and "samples/s epochs 2-3" in checks["train_prism"]
+    assert r.stdout.strip().splitlines()[-1].startswith("SUMMARY: 4 passed, 0 failed, 1 skipped")
+    assert json.loads((out / "first_contact.json").read_text())["adam"]["status"] == "PASS"

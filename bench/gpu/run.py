@@ -8,8 +8,9 @@ throughput benchmarks and the summary. Phases, in the order named by `--phases`:
   prep      only when IN lacks them: collab, then quantize + dedup of both models side by side
   bench     bench/recommender_throughput.py on the PRISM run folder: training samples/s, decoding users/s
   cbench    (only when named) the training step eager vs torch.compile (CUDA graphs), histories padded to 20
-  rec       `train` of both side by side, each with a wall-clock budget (`--rec-min`)
-  eval      `evaluate` of both (valid + test, all users, beam 30) side by side
+  rec       `train` of each, one after the other, each with a wall-clock budget (`--rec-min`, shortened so that
+            all fit what is left)
+  eval      `evaluate` of each (valid + test, all users, beam 30), one after the other
   upstream  preprocess (compared with IN's), collab, quantize, dedup, for their wall times, while time remains
 OUT gets results.json (phases, env, each run's metrics files and curve), summary.md (`prism report`'s table
 of the runs with --details, printed last), log.txt, log_prism.txt, log_tiger.txt.
@@ -34,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 PRISM = [sys.executable, "-m", "stages.cli"]
+START_S = 40  # a training run's start (imports, data to the device) and last validation, beyond its budget
 PHASES = ("env", "prep", "bench", "cbench", "rec", "eval", "upstream")
 # smoke runs check the plumbing, not the model: tiny data, one layer each side, one or two epochs
 SMOKE = ["dataset=synthetic", "synthetic.size=tiny", "device=cpu", "evaluate.latency_users=5", "recommender.enc_layers=1",
@@ -111,6 +113,15 @@ class Run:
                 for n in self.a.runs]
         for job in jobs:
             self.wait(job, reserve)
+
+    def one_after_other(self, phase: str, stages: list[str], reserve: float, each_s: float) -> None:
+        """Each model's stages in turn, never side by side (issue 31 A.9 f: runs sharing the GPU and the cores
+        would make their samples/s and equal-budget comparisons contended); each run leaves `each_s` seconds to
+        every run after it."""
+        for i, n in enumerate(self.a.runs):
+            later = (len(self.a.runs) - 1 - i) * each_s
+            self.wait(self.start(f"{phase}_{n}", self.dag(n, *stages),
+                                 open(self.out / f"log_{n}.txt", "a", buffering=1)), reserve + later)
 
     def output(self, name: str, cmd: list[str], reserve: float = 0) -> str:
         try:
@@ -215,7 +226,7 @@ def main() -> None:
     ap.add_argument("--total-s", type=float, default=450)
     ap.add_argument("--rec-min", type=float, default=2.5, help="each recommender's training budget (minutes)")
     ap.add_argument("--phases", default="env prep bench rec eval upstream")
-    ap.add_argument("--runs", default="prism,tiger", help="the variants trained side by side")
+    ap.add_argument("--runs", default="prism,tiger", help="the variants, trained one after the other")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra param of every run (e.g. recommender.batch_size=1024): named in the summary")
     a = ap.parse_args()
@@ -229,14 +240,15 @@ def main() -> None:
     r = Run(a)
 
     def rec() -> None:  # what is left after training must cover evaluation and the summary (~150 s on an H200)
-        r.budget = round(min(a.rec_min, max(0.25, (r.left() - 150) / 60)), 2)
-        r.say(f"rec: training budget {r.budget} min")
-        r.side_by_side("train", ["--from", "train", "--until", "train"], 75)
+        each = (r.left() - 150) / len(a.runs) - START_S  # the runs one after the other: each its share
+        r.budget = round(min(a.rec_min, max(0.25, each / 60)), 2)
+        r.say(f"rec: training budget {r.budget} min each, {len(a.runs)} runs one after the other")
+        r.one_after_other("train", ["--from", "train", "--until", "train"], 75, r.budget * 60 + START_S)
 
     steps = {"env": lambda: r.res.update(env={k: r.output(f"env_{k}", c) for k, c in ENV.items()}),
              "prep": lambda: phase_prep(r), "bench": lambda: phase_bench(r, "bench", [], 300),
              "cbench": lambda: phase_cbench(r, 240 if "rec" in a.phases.split() else 20), "rec": rec,
-             "eval": lambda: r.side_by_side("eval", ["--from", "evaluate", "--until", "evaluate"], 10),
+             "eval": lambda: r.one_after_other("eval", ["--from", "evaluate", "--until", "evaluate"], 10, 30),
              "upstream": lambda: phase_upstream(r)}
     for ph in a.phases.split():
         try:

@@ -35,7 +35,7 @@ from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.evaluate import evaluate_split
 from pipeline.recommender.model import dropout_stream
 from pipeline.recommender.seqdata import DeviceSamples, SeqData, Windows
-from pipeline.utils import ParamError, load_torch, log, resume_from, write_torch
+from pipeline.utils import ParamError, load_torch, log, resolve_deterministic, resume_from, write_torch
 
 
 def clock() -> float:
@@ -171,6 +171,42 @@ def train_step(model, opt, batch: dict[str, torch.Tensor], device: str, amp: Amp
     return parts
 
 
+WARM_CALLS = {"default": 1, "reduce-overhead": 2}  # compiled calls per batch shape that compile (and record)
+OPEN_CALLS = 3  # a shape's compiled calls before `auto` trusts it: warm-up, record, replay (CUDA-graph trees)
+
+
+def device_sync(device: str) -> None:
+    """Wait for the device's queued work, so that a clock read after it measures that work (CUDA runs
+    asynchronously: with CUDA graphs the host runs steps ahead). A no-op on the CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_failure(e: BaseException) -> bool:
+    """Whether an exception of a compiled step is the device's, not the compiler's: out of memory, a
+    device-side assert or another CUDA error would fail the eager step too, so `compile: auto` must not
+    call it a compiler failure and retrain uncompiled."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    if isinstance(e, getattr(torch, "AcceleratorError", ())):
+        return True
+    text = str(e)
+    return any(s in text for s in ("device-side assert", "CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS",
+                                   "out of memory"))
+
+
+def restore_cuda_rng(states) -> int:
+    """Restore the saved CUDA generators on the devices this host has (a checkpoint may come from a host
+    with more or fewer GPUs: the states of devices on both sides are restored, the rest left as seeded).
+    Returns how many were restored."""
+    if not states or not torch.cuda.is_available():
+        return 0
+    n = min(len(states), torch.cuda.device_count())
+    for i in range(n):
+        torch.cuda.set_rng_state(states[i].cpu(), i)
+    return n
+
+
 def make_optimizer(model, lr: float, device: str) -> torch.optim.Adam:
     """Adam (§4.1), fused (one kernel for all parameters instead of a dozen per tensor: issue 20; on the
     CPU too), its learning rate a tensor on the device that `set_lr` fills in place each step (no Python
@@ -231,18 +267,6 @@ def steps_per_epoch(train, cfg: FitConfig, buckets: tuple[int, ...] = ()) -> int
     return len(dd.shard(train.plan(cfg.batch_size, np.random.default_rng(0), cfg.bucket, buckets)))
 
 
-def resolve_deterministic(setting: bool | str, device: str) -> bool:
-    """`recommender.deterministic`: deterministic kernels while training. `auto`: on for a CPU (same params,
-    same metrics: e.g. index backward without atomics), off for CUDA, where they are slower and fill
-    every new allocation (`torch.utils.deterministic.fill_uninitialized_memory`); GPU runs then vary in
-    the last digits between runs, as GPU training usually does."""
-    if isinstance(setting, bool):
-        return setting
-    if setting != "auto":
-        raise ParamError(f"recommender.deterministic must be true, false or 'auto', got {setting!r}")
-    return torch.device(device).type != "cuda"
-
-
 def training_shapes(cfg: FitConfig, model_cfg, device: str) -> tuple[str | None, str, tuple[int, ...]]:
     """The compile mode (None = eager), why, and the length buckets of the training batches (fixed
     shapes when not empty): `resolve_compile` under this run's ranks, then `length_buckets`."""
@@ -250,6 +274,12 @@ def training_shapes(cfg: FitConfig, model_cfg, device: str) -> tuple[str | None,
     if mode and dd.world() > 1:
         mode, reason = None, "not used under torchrun (DDP)"
     return mode, reason, length_buckets(cfg, model_cfg.max_len, mode is not None)
+
+
+def carried_sums(sums: dict) -> dict:
+    """The loss sums a resumed partial epoch starts from: the checkpoint holds every rank's total, so rank 0
+    carries it and the other ranks start from zero (the epoch's all-reduce adds them once)."""
+    return {k: (v if dd.is_main() else v * 0) for k, v in sums.items()}
 
 
 def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: FitConfig, device: str, seed: int,
@@ -274,7 +304,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
         vidx = np.sort(vrng.choice(len(valid), n_valid, replace=False))
     opt = make_optimizer(model, cfg.lr, device)
     mode, compile_reason, buckets = training_shapes(cfg, model.cfg, device)
-    det = resolve_deterministic(cfg.deterministic, device)
+    det = resolve_deterministic(cfg.deterministic, device)  # the stage's rule (seed_everything), here for `fit` alone
     torch.use_deterministic_algorithms(det, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = det
     if net is not None and cfg.compile not in ("auto", False, "off"):
@@ -287,7 +317,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
     epoch_steps = steps_per_epoch(train, cfg, buckets)
     total_steps = epoch_steps * cfg.max_epochs
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "history": [], "train_s": 0.0, "stopped": None,
-             "partial": None}
+             "partial": None, "compile_s": 0.0}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     last = ckpt_dir / "last.pt" if ckpt_dir else None
     ck = resume_from(last, fingerprint, device, "train", model, opt, rng)
@@ -298,8 +328,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
         ranks = ck.get("rank_rng") or [(ck["torch_rng"], ck.get("cuda_rng"))]
         trng, crng = ranks[dd.rank()] if len(ranks) == dd.world() else ranks[0]
         torch.set_rng_state(trng.cpu())
-        if crng is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([t.cpu() for t in crng])
+        restore_cuda_rng(crng)
         state = ck["state"]
         best_state = load_torch(ckpt_dir / "best.pt", device)
         log.info("train: resumed from %s after epoch %d%s (best valid NDCG@20 %.4f at epoch %d)",
@@ -307,8 +336,10 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
                  f" and {state['partial']['steps']} steps of epoch {state['epoch'] + 1}" if state["partial"] else "",
                  state["best"], state["best_epoch"])
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min > 0 else float("inf")
+    state.setdefault("compile_s", 0.0)  # a checkpoint of an older version
     epochs_this_call = 0
-    compiled_ok = False  # a compiled step has run (later failures are real errors)
+    calls: dict[tuple, int] = {}  # compiled calls per batch shape that succeeded (this process)
+    warm_calls = WARM_CALLS.get(mode or "default", 1)
     while True:
         state["stopped"] = stop_reason(state, cfg, budget_s)  # also re-checked on resume (a larger budget)
         if state["stopped"] or (stop_after is not None and epochs_this_call >= stop_after):
@@ -317,46 +348,74 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
         model.train()
         t0 = clock()
         partial = state["partial"]
+        ebuckets = buckets
         if partial:  # finish the epoch a budget cut short: same batches, from where it stopped
             rng.bit_generator.state = partial["rng"]
+            # the plan it was cut in (another compile/device setting resolves other buckets: that plan's
+            # batches would differ, some samples trained twice, some never)
+            ebuckets = tuple(partial.get("buckets", buckets))
+            if ebuckets != buckets:
+                log.info("train: finishing epoch %d with its own length buckets %s (this run's: %s)", epoch,
+                         list(ebuckets), list(buckets))
         epoch_rng = rng.bit_generator.state
-        plan = data.upload(dd.shard(train.plan(cfg.batch_size, rng, cfg.bucket, buckets)), bool(buckets))
-        done, sums, n_seen = (partial["steps"], dict(partial["sums"]), partial["n_seen"]) if partial else (0, {}, 0)
+        plan = data.upload(dd.shard(train.plan(cfg.batch_size, rng, cfg.bucket, ebuckets)), bool(ebuckets))
+        done, sums, n_seen = (partial["steps"], carried_sums(partial["sums"]), partial["n_seen"]) if partial \
+            else (0, {}, 0)
         n_epoch = n_seen
+        held = 0.0  # seconds of this epoch's compiled warm-up calls: outside the training clock
         cut = False
         # no per-step host reads (the loss parts are summed on the device and read once an epoch)
         bar = progress_bar(range(done, len(plan)), desc=f"train epoch {epoch}", leave=False,
                            disable=not dd.is_main() or None)
         for j, step in enumerate(bar):
-            elapsed = state["train_s"] + clock() - t0
+            elapsed = state["train_s"] + clock() - t0 - held
             if budget_s < float("inf"):
                 # one clock for all ranks (rank 0 alone would need a broadcast anyway): the same learning
                 # rate and the same cut on every rank, else the replicas' weights drift apart for good
                 elapsed = dd.max_over_ranks(elapsed, device)
                 if j > 0 and elapsed >= budget_s:  # spent after the last step: the epoch is cut here
+                    device_sync(device)  # the host ran ahead: the queued steps count (the cut is decided)
                     cut = True
-                    state["partial"] = {"rng": epoch_rng, "steps": done + j, "sums": sums, "n_seen": n_seen}
+                    state["partial"] = {"rng": epoch_rng, "steps": done + j, "sums": sums, "n_seen": n_seen,
+                                        "buckets": list(ebuckets)}
                     break
             f = lr_factor(cfg, state["step"], total_steps, elapsed, budget_s)
             set_lr(opt, cfg.lr * f)
             batch, n = data.batch(plan, step)
+            shape = tuple(batch["hist"].shape) if loss_fn is not None else None
+            warm = shape is not None and calls.get(shape, 0) < warm_calls
+            if warm:  # a compiling (or CUDA-graph recording) call: timed apart, outside the clock
+                device_sync(device)
+                tw = clock()
             try:
                 parts = train_step(model, opt, batch, device, amp, cfg.grad_clip, net, loss_fn)
             except Exception as e:  # `auto` falls back to eager when the compiler fails
-                if loss_fn is None or cfg.compile != "auto" or compiled_ok:
+                # open until every shape's compiled step has run through warm-up, record and replay: a CUDA
+                # graph that fails to capture or replay surfaces at its 2nd or 3rd call; a device error
+                # (out of memory, device-side assert) is never called a compiler failure
+                if (loss_fn is None or cfg.compile != "auto" or calls.get(shape, 0) >= OPEN_CALLS
+                        or device_failure(e)):
                     raise
-                log.warning("train: torch.compile failed (%s: %s); recommender.compile auto: training uncompiled",
+                log.warning("train: torch.compile failed at call %d of a %s batch (%s: %s); recommender.compile "
+                            "auto: training uncompiled", calls.get(shape, 0) + 1, "x".join(map(str, shape)),
                             type(e).__name__, str(e).splitlines()[0] if str(e) else "")
                 loss_fn, compile_reason = None, f"auto: the compiler failed ({type(e).__name__}), uncompiled"
                 parts = train_step(model, opt, batch, device, amp, cfg.grad_clip, net, None)
-            compiled_ok = loss_fn is not None
+            if shape is not None and loss_fn is not None:
+                calls[shape] = calls.get(shape, 0) + 1
+            if warm:
+                device_sync(device)
+                dt = clock() - tw
+                held += dt
+                state["compile_s"] += dt
             state["step"] += 1
             for k, v in parts.items():  # summed on the device: no host sync per step
                 sums[k] = sums.get(k, 0.0) + v * n
             n_seen += n * dd.world()  # every rank took a batch of about this size
         if not cut:
             state["partial"] = None
-        train_s = dd.from_main(clock() - t0)  # rank 0's clock rules the budget
+        device_sync(device)  # the epoch's queued steps finish inside its clock
+        train_s = dd.from_main(clock() - t0 - held)  # rank 0's clock rules the budget
         state["train_s"] += train_s
         if dd.world() > 1 and not dd.replicas_equal(model):  # a bug, never a silent drift
             raise RuntimeError(f"train: the ranks' model weights differ after epoch {epoch} (DDP out of sync)")
@@ -367,12 +426,17 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
                                         norm=cfg.decode_norm)
         metrics = dd.from_main(metrics)
         total = train.n_samples
+        # every rank's loss sums over every rank's samples (rank 0's sum over all ranks' count would show
+        # 1/world of the loss); a checkpoint's partial sums are the ranks' total, carried by rank 0 alone
+        glob = dd.sum_over_ranks(sums)
+        if cut:
+            state["partial"]["sums"] = glob
         row = {"epoch": epoch, "fraction": round(n_seen / total, 4),
-               **{f"train_{k}": float(v) / max(n_seen, 1) for k, v in sums.items()},
+               **{f"train_{k}": float(v) / max(n_seen, 1) for k, v in glob.items()},
                **{f"valid_{k}": v for k, v in metrics.items()},
                "lr": float(opt.param_groups[0]["lr"]), "train_s": round(train_s, 1),
                "samples_per_s": round((n_seen - n_epoch) / max(train_s, 1e-9), 1),
-               "valid_s": round(clock() - t1, 1)}
+               "valid_s": round(clock() - t1, 1), "compile_s": round(held, 1)}
         if model.dsi is not None:
             row["eta"] = float(model.dsi.eta.detach())
         state["history"].append(row)
@@ -398,6 +462,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
     info = {"epochs": state["epoch"] + (1 if state["partial"] else 0), "epochs_complete": state["epoch"],
             "best_epoch": state["best_epoch"], "best_valid_ndcg@20": state["best"],
             "stopped": state["stopped"], "train_wall_s": round(state["train_s"], 1),
+            "compile_s": round(state["compile_s"], 1),
             "valid_users_per_epoch": int(len(vidx)), "steps_per_epoch": epoch_steps, "steps": state["step"],
             "amp": amp.mode, "amp_reason": amp.reason, "valid_amp": vamp.mode, "compile": loss_fn is not None,
             "compile_mode": mode if loss_fn is not None else "off", "length_buckets": list(buckets),
