@@ -128,3 +128,91 @@ def test_beauty_bench_runs_the_dag_in_run_folders(tmp_path):
     assert yaml.safe_load((tmp_path / "tiger/params.yaml").read_text())["variant"] == "tiger"
     rows = [ln.split(" | ")[0] for ln in r.stdout.splitlines() if ln.startswith("| ")]
     assert rows[1:] == ["| PRISM", "| decode_norm=full", "| TIGER", "| popularity"], r.stdout
+
+
+def _project(tmp_path: Path) -> tuple[Path, Path]:
+    """A tmp project: params.yaml (the real one, comments and all), a dvc.yaml of two stages (`a` writes
+    data/processed and metrics/a.json, `b` reads data/processed and writes b) and a prepared data/processed
+    elsewhere (`inp`, holding x = 'input')."""
+    script = tmp_path / "step.py"
+    script.write_text("import sys, pathlib\n"
+                      "if sys.argv[1] == 'a':\n"
+                      "    pathlib.Path('data/processed').mkdir(parents=True, exist_ok=True)\n"
+                      "    pathlib.Path('data/processed/x').write_text('new')\n"
+                      "else:\n"
+                      "    pathlib.Path('b').write_text(pathlib.Path('data/processed/x').read_text())\n")
+    stages = {"a": {"cmd": f"{sys.executable} {script} a", "outs": ["data/processed"],
+                    "metrics": [{"metrics/a.json": {"cache": False}}]},
+              "b": {"cmd": f"{sys.executable} {script} b", "deps": ["data/processed"], "outs": ["b"]}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    inp = tmp_path / "prepared" / "processed"
+    inp.mkdir(parents=True)
+    (inp / "x").write_text("input")
+    return tmp_path / "params.yaml", inp
+
+
+def _refused(res, *words: str) -> None:
+    assert res.exit_code == 1 and "Traceback" not in res.stderr, res.output
+    assert res.stderr.strip().count("\n") == 0 and all(w in res.stderr for w in words), res.stderr
+
+
+def test_dag_refuses_the_project_as_a_run_folder(tmp_path, monkeypatch):
+    """--dir . (or the project's path from elsewhere) would rewrite the tracked params.yaml (comments lost,
+    raw_dir absolute, the -S persisted): refused, with --dry-run too, the file byte-identical."""
+    params_file, _ = _project(tmp_path)
+    before = params_file.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    for extra in ([], ["--dry-run"]):
+        _refused(CliRunner().invoke(app, ["dag", "--dir", ".", "-S", "lambda1=0.4", *extra]), "without --dir")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for extra in ([], ["--dry-run"]):
+        res = CliRunner().invoke(app, ["dag", "--dir", str(tmp_path / "sub" / ".."), "--params", str(params_file),
+                                       "--dvc", str(tmp_path / "dvc.yaml"), "-S", "seed=7", *extra])
+        _refused(res, "without --dir", "another folder")
+    assert params_file.read_bytes() == before and not (tmp_path / "b").exists()
+
+
+def test_dag_refuses_a_stage_that_would_write_through_a_link(tmp_path, monkeypatch):
+    """A selected stage whose output is --link'ed would rewrite the link's target (another run's files): refused
+    before anything runs or is written, --dry-run alike; --from the next stage skips it and runs. A link left
+    by an earlier call counts too."""
+    _, inp = _project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "b"
+    for extra in ([], ["--dry-run"]):
+        res = CliRunner().invoke(app, ["dag", "--dir", str(run), "--link", f"data/processed={inp}", *extra])
+        _refused(res, "'a'", "data/processed", str(inp), "--from b")
+        assert (inp / "x").read_text() == "input" and not run.exists()
+    res = CliRunner().invoke(app, ["dag", "--dir", str(run), "--link", f"data/processed={inp}", "--from", "b"])
+    assert res.exit_code == 0, res.output
+    assert (run / "b").read_text() == "input" and (inp / "x").read_text() == "input"
+    for extra in ([], ["--dry-run"]):  # the folder's own link, from the call before
+        _refused(CliRunner().invoke(app, ["dag", "--dir", str(run), "--until", "a", *extra]), "'a'", "data/processed")
+    assert (inp / "x").read_text() == "input" and not (run / "metrics").exists()
+
+
+def test_dag_refuses_an_output_under_a_linked_folder(tmp_path, monkeypatch):
+    """--link data=... puts data/processed (stage a's output) behind a link: refused."""
+    _, inp = _project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    for extra in ([], ["--dry-run"]):
+        res = CliRunner().invoke(app, ["dag", "--dir", str(run), "--link", f"data={inp.parent}", *extra])
+        _refused(res, "'a'", "data/processed", "--link data=")
+    assert (inp / "x").read_text() == "input" and not run.exists()
+
+
+def test_dag_dry_run_writes_nothing(tmp_path, monkeypatch):
+    """--dry-run on a new folder validates (params, links) and lists the stages, and leaves the folder unmade."""
+    _, inp = _project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "new"
+    res = CliRunner().invoke(app, ["dag", "--dir", str(run), "--link", f"data/processed={inp}", "--from", "b",
+                                   "-S", "lambda1=0.4", "--dry-run"])
+    assert res.exit_code == 0 and "1 stages listed (b)" in res.stdout, res.output
+    assert not run.exists() and not (tmp_path / "runs").exists()
+    for args, msg in ((["-S", "lambda1=x"], "lambda1"), (["--link", "data/sid=/no/such"], "does not exist")):
+        _refused(CliRunner().invoke(app, ["dag", "--dir", str(run), "--from", "b", "--dry-run", *args]), msg)
+    assert not (tmp_path / "runs").exists()

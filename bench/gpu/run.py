@@ -73,7 +73,7 @@ class Run:
         print(f"[{time.time() - self.t0:6.1f}s] {msg}", flush=True)
         self.log.write(f"[{time.time() - self.t0:6.1f}s] {msg}\n")
 
-    def dag(self, name: str, *stages: str, links: list[str] | None = None) -> list[str]:
+    def dag(self, name: str, *stages: str, links: list[str] | None = None, skip: tuple[str, ...] = ()) -> list[str]:
         """`prism dag` in one model's run folder. Default links: IN's prepared outputs (the collab model, when IN
         lacks it, from the PRISM folder: prep makes it there) at their dvc.yaml paths, where they exist and
         the folder did not make them itself."""
@@ -83,7 +83,8 @@ class Run:
                     "models/collab": self.inp / "collab", "data/sid": self.inp / f"sid_{name}"}
             if not have["models/collab"].is_dir():
                 have["models/collab"] = self.scratch / "prism" / "models/collab"
-            links = [f"{k}={v}" for k, v in have.items() if v.exists() and ((d / k).is_symlink() or not (d / k).exists())]
+            links = [f"{k}={v}" for k, v in have.items()
+                     if k not in skip and v.exists() and ((d / k).is_symlink() or not (d / k).exists())]
         sets = [*self.sets, f"recommender.time_budget_min={self.budget}"] + [f"variant={name}"] * (name != "up")
         return [*PRISM, "dag", "--dir", str(d), *stages, *(x for ln in links for x in ("--link", ln)),
                 *(x for kv in sets for x in ("-S", kv))]
@@ -108,8 +109,8 @@ class Run:
         self.say(f"{name}: rc {rc}, {self.res['phases'][name]['wall_s']}s")
         return rc
 
-    def side_by_side(self, phase: str, stages: list[str], reserve: float) -> None:
-        jobs = [self.start(f"{phase}_{n}", self.dag(n, *stages), open(self.out / f"log_{n}.txt", "a", buffering=1))
+    def side_by_side(self, phase: str, stages: list[str], reserve: float, skip: tuple[str, ...] = ()) -> None:
+        jobs = [self.start(f"{phase}_{n}", self.dag(n, *stages, skip=skip), open(self.out / f"log_{n}.txt", "a", buffering=1))
                 for n in self.a.runs]
         for job in jobs:
             self.wait(job, reserve)
@@ -139,7 +140,7 @@ def phase_prep(r: Run) -> None:
         return r.say("prep: IN has collab/ and the semantic IDs: nothing to compute")
     if not (r.inp / "collab").is_dir():
         r.wait(r.start("prep_collab", r.dag("prism", "--from", "collab", "--until", "collab")), 60)
-    r.side_by_side("prep", ["--from", "quantize", "--until", "dedup"], 30)
+    r.side_by_side("prep", ["--from", "quantize", "--until", "dedup"], 30, skip=("data/sid",))  # dedup makes it here
 
 
 def phase_bench(r: Run, name: str, opts: list[str], reserve: float) -> None:
@@ -147,7 +148,7 @@ def phase_bench(r: Run, name: str, opts: list[str], reserve: float) -> None:
     dev, (steps, users) = ("cpu", ("3", "16")) if r.a.smoke else ("cuda", ("60", "4096") if name == "bench" else ("300", "256"))
     if r.left() - reserve < (10 if r.a.smoke else 60):  # what later phases need comes first
         return r.say(f"{name}: skipped, {r.left() - reserve:.0f} s left beyond the {reserve:.0f} s reserve")
-    r.wait(r.start(f"{name}_setup", r.dag("prism", "--until", "collab", "--dry-run")), reserve)  # writes params.yaml
+    r.wait(r.start(f"{name}_setup", r.dag("prism", "--from", "train", "--until", "preprocess")), reserve)  # no stage: sets the folder up
     text = r.output(name, [sys.executable, "bench/recommender_throughput.py", str(r.scratch / "prism"), "--devices", dev,
                            "--steps", steps, "--users", users, *opts], reserve)
     r.res[name] = [ln for ln in text.splitlines() if ln.startswith(("machine:", dev, "profile"))]
