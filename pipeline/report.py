@@ -200,10 +200,19 @@ def reference_variants(base: dict[str, Any], runs: list[Run], dvc: dict, ignore:
             diff = {k: v for k, v in mine.items() if k not in ignore and base.get(k) != v}
             key = _key(diff)
             if key not in variants:
-                variants[key] = Variant(model + (f" ({_kv(diff)})" if diff else ""), diff)
+                notes = [_kv(diff)] if diff else []
+                if model == "SASRec" and (h := sasrec_history(r.params)) != r.params.get("preprocess.max_seq_len"):
+                    notes.insert(0, f"history {h}")  # SASRec reads longer histories than PRISM's: say so
+                variants[key] = Variant(model + (f" ({', '.join(notes)})" if notes else ""), diff)
             variants[key].runs.append(Run(r.name, r.params, m, r.is_exp))
         out.extend(sorted(variants.values(), key=lambda v: (len(v.diff), v.label)))
     return out
+
+
+def sasrec_history(params: dict[str, Any]) -> Any:
+    """The history length SASRec read (`baseline.max_len`, `auto` = PRISM's `preprocess.max_seq_len`)."""
+    h = params.get("baseline.max_len", "auto")
+    return params.get("preprocess.max_seq_len") if h == "auto" else h
 
 
 def _popularity(r: Run, split: str) -> dict | None:

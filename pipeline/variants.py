@@ -72,3 +72,28 @@ def variant_of(flat: dict[str, Any]) -> str | None:
         if all(flat.get(k, v) == v for k, v in sw.items()):
             return name
     return None
+
+
+ID_RECORD = "tokenizer.json"  # in models/quantizer (written by quantize) and data/sid (copied by dedup)
+
+
+def id_record(p) -> dict[str, Any]:
+    """What made a set of semantic IDs (issue 31 C): the tokenizer, the variant, the quantizer's switches as
+    resolved, and a hash of every param the quantize stage read (`p.accessed`, read at the end of the stage)."""
+    import hashlib
+    import json
+
+    rec = {"tokenizer": p["tokenizer"], "variant": p["variant"], **{k: p[k] for k in QUANTIZER_SWITCHES}}
+    read = {k: p[k] for k in sorted(p.accessed)}
+    rec["params_md5"] = hashlib.md5(json.dumps(read, sort_keys=True, default=str).encode()).hexdigest()
+    return rec
+
+
+def check_ids(record: dict | None, tokenizer: str, variant: str, where: str) -> None:
+    """Refuse semantic IDs made by another tokenizer than this run's variant asks for (e.g. `prism dag --from
+    train -S variant=tiger` on PRISM's IDs would train a hybrid and call it TIGER). `record` None: IDs made
+    before the record existed (not checked)."""
+    if record is not None and record.get("tokenizer") != tokenizer:
+        raise ParamError(f"{where}: these semantic IDs were made by tokenizer {record.get('tokenizer')!r} (variant "
+                         f"{record.get('variant')!r}), but this run (variant {variant!r}) asks for {tokenizer!r}. Make its "
+                         f"IDs first: `dvc exp run -S variant={variant}` or `prism dag --from quantize -S variant={variant}`.")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import typer
 
 from pipeline.tokenizer.dedup import DedupConfig, build_trie, dedup
 from pipeline.tokenizer.sid_metrics import sid_metrics
-from pipeline.utils import write_metrics, write_npy, write_parquet, write_torch
+from pipeline.variants import ID_RECORD
+from pipeline.utils import write_json, write_metrics, write_npy, write_parquet, write_torch
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
 
@@ -39,6 +41,9 @@ def dedup_cmd(
     write_parquet(out / "sid.parquet", table)
     write_npy(out / "q.npy", np.stack([codebooks[l][new_codes[:, l]] for l in range(L)], 1).astype(np.float32))
     write_torch(out / "trie.pt", build_trie(new_codes, K))
+    if (quantizer / ID_RECORD).is_file():  # which tokenizer made the codes (train checks it against its variant)
+        write_json(out / ID_RECORD, {**json.loads((quantizer / ID_RECORD).read_text()),
+                                     "dedup": {k: p[f"dedup.{k}"] for k in DedupConfig.__dataclass_fields__}})
     write_metrics(metrics, rep)
     levels = ", ".join(f"L{l}: {rep[f'moved_from_level_{l}']}" for l in range(1, L + 1))
     summary(f"dedup: {rep['moved']:,} of {rep['items']:,} items moved ({levels}) in {rep['rounds']} rounds, "

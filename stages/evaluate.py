@@ -84,6 +84,7 @@ def evaluate_cmd(
         }))
     out["latency_ms_batch1"] = round(latency, 2)
     out["device"], out["deterministic"] = device, deterministic_kernels()
+    out.update(ck.get("run") or {})  # the variant, tokenizer and switches the model was trained with
     write_parquet(predictions, pd.concat(rows, ignore_index=True))
     write_metrics(metrics, out)
     with atomic_path(groups_plot) as tmp, open(tmp, "w", newline="") as fh:

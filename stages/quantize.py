@@ -9,8 +9,9 @@ import pandas as pd
 import typer
 
 from pipeline.tokenizer.quantizer import QuantizerConfig
+from pipeline.variants import ID_RECORD, id_record
 from pipeline.tokenizer.train import TrainConfig, make_inputs, rq_kmeans, tokenizer_config, train_quantizer
-from pipeline.utils import atomic_path, deterministic_kernels, resolve_device, seed_everything, write_metrics, write_npy, write_torch
+from pipeline.utils import atomic_path, deterministic_kernels, write_json, resolve_device, seed_everything, write_metrics, write_npy, write_torch
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
 
@@ -66,6 +67,7 @@ def quantize_cmd(
     m = {"tokenizer": tokenizer, **res.metrics, "wall_s": round(time.time() - t0, 1), "device": device,
          "deterministic": deterministic_kernels()}
     write_metrics(metrics, m)
+    write_json(out / ID_RECORD, id_record(p))  # what made these codes: dedup passes it on with the IDs
     fields = sorted({k for row in res.history for k in row}, key=lambda k: (k != "epoch", k))
     with atomic_path(curve) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields or ["epoch"])

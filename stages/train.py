@@ -15,6 +15,7 @@ from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.seqdata import SeqData, Windows
 from pipeline.recommender.train import (PAPER_BATCH, FitConfig, fit, scale_for_batch, steps_per_epoch,
                                         training_shapes)
+from pipeline.variants import ID_RECORD, QUANTIZER_SWITCHES, RECOMMENDER_SWITCHES, check_ids
 from pipeline.utils import log, resolve_device, seed_everything, write_curve, write_metrics, write_torch
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
@@ -25,6 +26,15 @@ from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID
 # move between devices) and the validation decoding batch (rankings do not depend on it)
 RESUME_SAFE = frozenset({"recommender.time_budget_min", "recommender.patience", "recommender.compile",
                          "recommender.eval_batch", "recommender.deterministic", "device"})
+
+
+def produced_by(p: Params, ids: dict | None) -> dict:
+    """What a trained model is (issue 31 C): the variant, the tokenizer and every switch as resolved (the
+    quantizer's from the record of the IDs it trained on), stored in model.pt and in train.json and eval.json."""
+    q = {k: (ids or {}).get(k) for k in QUANTIZER_SWITCHES}
+    return {"variant": p["variant"], "tokenizer": p["tokenizer"],
+            "switches": {**q, **{k: p[k] for k in RECOMMENDER_SWITCHES}},
+            "ids_params_md5": (ids or {}).get("params_md5")}
 
 
 def resume_fingerprint(p: Params, derived: list) -> str:
@@ -61,6 +71,10 @@ def train_cmd(
 def _train(p, device, data, features, collab, sid, out, ckpt, metrics, curve):
     seed = p["seed"]
     seed_everything(seed, device, p["recommender.deterministic"])
+    # the semantic IDs must be this variant's tokenizer's (never a hybrid shown as PRISM or TIGER)
+    ids = json.loads((sid / ID_RECORD).read_text()) if (sid / ID_RECORD).is_file() else None
+    check_ids(ids, p["tokenizer"], p["variant"], str(sid))
+    run = produced_by(p, ids)
     a = load_assets(data, features, collab, sid)
     cfg = model_config(p, a)
     fcfg = FitConfig(**{k: p[f"recommender.{k}"] for k in FitConfig.__dataclass_fields__
@@ -100,9 +114,9 @@ def _train(p, device, data, features, collab, sid, out, ckpt, metrics, curve):
     res = fit(model, train, valid, TrieIndex(a.trie, device), fcfg, device, seed, ckpt, fingerprint)
     if not dd.is_main():
         return
-    write_torch(out / "model.pt", {"config": cfg.to_dict(), "state_dict": res.best_state})
+    write_torch(out / "model.pt", {"config": cfg.to_dict(), "state_dict": res.best_state, "run": run})
     n_train = train.n_samples
-    info = {**res.info, "params": model.n_params(), "train_samples": n_train, "device": device,
+    info = {**run, **res.info, "params": model.n_params(), "train_samples": n_train, "device": device,
             "wall_s": round(time.time() - t0, 1)}
     if rule != "none":  # the learning rate and warmup actually used
         info.update(lr=fcfg.lr, warmup_steps=fcfg.warmup_steps)

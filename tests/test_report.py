@@ -293,3 +293,27 @@ def test_report_of_run_folders_with_details(tmp_path):
     assert res.exit_code == 1 and "cannot read the run's params" in res.stderr
     res = CliRunner().invoke(app, ["report", "--dir", str(tmp_path / "prism"), "--json", "x.json"])
     assert res.exit_code == 1 and "give one" in res.stderr
+
+
+def test_sasrec_rows_say_their_history_length_when_it_is_not_prisms():
+    """Issue 31 C.2: SASRec reading 50 items beside PRISM's 20 is labelled "SASRec (history 50)"; with
+    `baseline.max_len: auto` (PRISM's length) the label says nothing of it."""
+    from pipeline.report import all_runs_from_exp_show, reference_variants
+
+    dvc = {"stages": {
+        "preprocess": {"cmd": "p", "params": ["seed", "dataset", "preprocess"], "outs": ["data/processed"]},
+        "baseline": {"cmd": "b", "deps": ["data/processed"], "params": ["seed", "baseline"],
+                     "metrics": [{"metrics/baseline.json": {"cache": False}}]},
+    }}
+
+    def exp(name, max_len):
+        params = {**json.loads(json.dumps(BASE)), "preprocess": {"max_seq_len": 20},
+                  "baseline": {"d_model": 64, "max_len": max_len}}
+        st = _state(f"{name}0000", params, _metrics(0.07), name)
+        st["data"]["metrics"]["metrics/baseline.json"] = {"data": _metrics(0.08)}
+        return {"revs": [st], "executor": {"state": "success"}, "name": name}
+
+    base = {**BASE, "preprocess": {"max_seq_len": 20}, "baseline": {"d_model": 64, "max_len": 50}}
+    b, runs = all_runs_from_exp_show([_state("abc1234def", base, None, "main", [exp("l50", 50), exp("auto", "auto")])])
+    labels = sorted(v.label for v in reference_variants(b, runs, dvc) if v.label.startswith("SASRec"))
+    assert labels == ["SASRec (baseline.max_len=auto)", "SASRec (history 50)"]
