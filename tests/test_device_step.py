@@ -70,7 +70,9 @@ def test_static_batches_pad_the_last_batch_of_a_bucket():
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_padding_leaves_the_loss_unchanged(world, causal):
-    """The loss of a batch padded to a wider bucket and filled with weight-0 rows equals its plain loss."""
+    """The loss of a batch padded to a wider bucket and filled with weight-0 rows equals its plain loss, and so
+    does every parameter's gradient (the fill rows must not train anything: a weight-0 row that leaked into
+    the normalisation or the backward would change the gradients even where the loss value agrees)."""
     m = make(world, encoder="causal" if causal else "bidirectional")
     m.eval()  # no dropout, no routing noise: the same numbers in both
     train = data_of(world, causal)
@@ -85,11 +87,25 @@ def test_padding_leaves_the_loss_unchanged(world, causal):
     (b1, n1), (b2, n2) = data.batch(plain, 0), data.batch(padded, 0)
     assert n1 == n2 and len(b2["hist"]) == 10 and b2["hist"].shape[1] == 5
     assert sorted(b2["weight"].tolist()) == [0.0] * 4 + [1.0] * 6
-    with torch.no_grad():
-        l1, p1 = m.loss(b1)
-        l2, p2 = m.loss(b2)
+    grads = []
+    for b in (b1, b2):
+        m.zero_grad(set_to_none=True)
+        loss, parts = m.loss(b)
+        loss.backward()
+        grads.append({k: p.grad for k, p in m.named_parameters()})
+        if b is b1:
+            l1, p1 = loss.detach(), parts
+        else:
+            l2, p2 = loss.detach(), parts
     assert float(l2) == pytest.approx(float(l1), rel=1e-6)
     assert all(float(p2[k]) == pytest.approx(float(p1[k]), rel=1e-6) for k in p1)
+    g1, g2 = grads
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        assert (g1[k] is None) == (g2[k] is None), k
+        if g1[k] is not None:  # per tensor, relative to its own norm (exact zeros must stay zero)
+            diff, ref = float(torch.linalg.vector_norm(g2[k] - g1[k])), float(torch.linalg.vector_norm(g1[k]))
+            assert diff <= 1e-5 * ref + 1e-12, (k, diff, ref)
 
 
 class SyncCounter(TorchDispatchMode):

@@ -1,8 +1,9 @@
 """Issue 20, item 3: the fused modules (one QKV projection per self-attention, the per-depth DSI
 projections as one matmul, the MoE gate and experts' first layers as one matmul, one SSA head, the
 mask-weighted causal loss) compute the same maths as the layout before them (tests/legacy_model.py):
-today's weights mapped into the new modules (`legacy_state_dict`) give the same loss, parts and
-gradients within 1e-5 in fp32, for both encoders and every ablation switch."""
+today's weights mapped into the new modules (`legacy_state_dict`) give the same loss and parts within 1e-5
+and the same gradients (each tensor within 1e-4 of its own norm) in fp32, for both encoders and every
+ablation switch."""
 
 from __future__ import annotations
 
@@ -46,6 +47,17 @@ def batch_of(world, causal: bool):
     return SeqData.from_train(train, 5).batch(np.arange(40), 16)
 
 
+GRAD_RTOL = 1e-4
+
+
+def assert_close_relative(new: torch.Tensor, old: torch.Tensor, name: str) -> None:
+    """‖g_new − g_old‖ / ‖g_old‖ ≤ GRAD_RTOL per tensor: one absolute tolerance for every tensor let 10 %
+    errors through on the small ones (the SSA head's gradients are ~1e-4, γ = 5e-4). A tensor whose old
+    gradient is exactly 0 must have a new one that is 0 to within fp32 rounding of the loss (1e-12)."""
+    diff, ref = float(torch.linalg.vector_norm(new - old)), float(torch.linalg.vector_norm(old))
+    assert diff <= GRAD_RTOL * max(ref, 1e-12 / GRAD_RTOL), (name, diff, ref, diff / max(ref, 1e-30))
+
+
 def run(m, batch, seed=1):
     m.train()
     m.zero_grad(set_to_none=True)
@@ -76,7 +88,7 @@ def test_fused_modules_compute_the_legacy_loss_and_gradients(world, monkeypatch,
     assert mapped.keys() == gn.keys()
     for k, g in gn.items():
         assert g is not None and mapped[k] is not None, k
-        assert torch.allclose(g, mapped[k], rtol=1e-5, atol=1e-5), (k, float((g - mapped[k]).abs().max()))
+        assert_close_relative(g, mapped[k], k)
 
 
 def test_recency_bias_variant_is_equivalent(world):
@@ -88,7 +100,7 @@ def test_recency_bias_variant_is_equivalent(world):
     lo, _, go = run(old, batch)
     ln, _, gn = run(new, batch)
     assert ln == pytest.approx(lo, rel=1e-5, abs=1e-5)
-    assert torch.allclose(gn["cross_bias"], go["cross_bias"], rtol=1e-5, atol=1e-5)
+    assert_close_relative(gn["cross_bias"], go["cross_bias"], "cross_bias")
 
 
 def test_a_model_saved_in_the_legacy_layout_loads_and_decodes_the_same(world):

@@ -59,9 +59,22 @@ def test_training_curve_and_best_checkpoint(prism_run):
     losses = [float(r.split(",")[4]) for r in curve[1:]]
     assert losses[-1] < losses[0]  # the training loss falls
     assert ev["params"] > 1_000_000 and ev["latency_ms_batch1"] > 0 and ev["test_users_per_s"] > 0
+    # issue 31: the results say what was trained (variant, tokenizer, every switch) and how (deterministic
+    # kernels: the one rule of every stage, on for a CPU)
+    switches = {"acd": True, "hsa": True, "dhr": True, "dsi": True, "ssa": True, "ats": True, "dt": True}
+    for m in (info, ev):
+        assert m["variant"] == "prism" and m["tokenizer"] == "prism" and m["switches"] == switches
+        assert m["deterministic"] is True
+    for f in ("collab", "quantizer"):
+        assert json.loads((work / "metrics" / f"{f}.json").read_text())["deterministic"] is True
 
 
-def test_tiger_configuration_runs_the_same_stages(prism_run, tmp_path, monkeypatch):
+def test_tiger_configuration_runs_the_same_stages_and_beats_popularity(prism_run, tmp_path, monkeypatch):
+    """TIGER (variant=tiger: RQ-VAE tokenizer, no DSI/SSA/ATS/Δt) through quantize..evaluate on PRISM's
+    data and collab stages, trained as long as PRISM; it must beat the popularity baseline on the metrics
+    PRISM's test checks (a TIGER that recalled nothing used to pass, trained 2 epochs). The margin is 1.5x,
+    not PRISM's 2x: measured (CPU, these settings) test R@10 .378 vs .176, N@10 .192 vs .084, valid R@20
+    .557 vs .285 (1.95x)."""
     work = prism_run[0]
     for d in ("data", "models", "metrics"):
         shutil.copytree(work / d, tmp_path / d)
@@ -69,13 +82,19 @@ def test_tiger_configuration_runs_the_same_stages(prism_run, tmp_path, monkeypat
     shutil.copy(work / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
-    tiger = ["-S", "variant=tiger", "-S", "recommender.max_epochs=2"]
+    tiger = ["-S", "variant=tiger"]
     for stage in ["quantize", "dedup", "train", "evaluate"]:
         res = runner.invoke(app, [stage, *FAST, *tiger])
         assert res.exit_code == 0, (stage, res.output)
     info = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert info["params"] < json.loads((work / "metrics" / "train.json").read_text())["params"]  # no DSI/SSA
     assert json.loads((tmp_path / "metrics" / "quantizer.json").read_text())["tokenizer"] == "rqvae"
+    assert info["variant"] == "tiger" and info["tokenizer"] == "rqvae" and not any(info["switches"].values())
+    ev = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    test, pop = ev["test"], ev["test_popularity_baseline"]
+    assert test["recall@10"] >= 1.5 * pop["recall@10"], (test, pop)
+    assert test["ndcg@10"] >= 1.5 * pop["ndcg@10"], (test, pop)
+    assert ev["valid"]["recall@20"] >= 1.5 * ev["valid_popularity_baseline"]["recall@20"], ev
 
 
 def test_tiny_synthetic_run_renders_its_plots_as_non_empty_images_twice_the_same(tmp_path, monkeypatch, prism_run):

@@ -80,14 +80,34 @@ def test_dt_buckets():
 
 
 def test_moe_routes_to_top_k_experts(world):
+    """Known gate logits (W_g reads the first 3 input coordinates: G(x) = x[:3]): eval routes each row to
+    its two largest logits with weights softmax over those two (Eq. 13), exactly; training adds N(0, 1)
+    noise (Eq. 12), which cannot overturn a gap of 10 (a ~7σ event) but moves the weights."""
     m = make(world)
+    moe = m.dsi.moe
+    nm = moe.n * moe.m
+    with torch.no_grad():
+        moe.w_in[:, nm:] = 0.0
+        moe.w_in[:3, nm:] = torch.eye(3)
     m.eval()
-    w = m.dsi.moe.routing(torch.randn(50, m.dsi.moe.d_in))
-    assert ((w > 0).sum(-1) == 2).all() and torch.allclose(w.sum(-1), torch.ones(50))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, moe.d_in, generator=g)
+    w = moe.routing(x)
+    for row, got in zip(x[:, :3].tolist(), w.tolist()):
+        top = sorted(range(3), key=lambda i: -row[i])[:2]  # the two largest gate logits, by hand
+        want = [0.0] * 3
+        z = math.exp(row[top[0]]) + math.exp(row[top[1]])
+        for i in top:
+            want[i] = math.exp(row[i]) / z
+        assert got == [pytest.approx(v, rel=1e-5, abs=1e-7) for v in want], (row, got)
     m.train()
     torch.manual_seed(1)
-    w1 = m.dsi.moe.routing(torch.zeros(5, m.dsi.moe.d_in))
+    xs = torch.zeros(4, moe.d_in)
+    xs[:, :3] = torch.tensor([[20.0, 10.0, -20.0], [-20.0, 10.0, 20.0], [10.0, -20.0, 20.0], [0.0, 0.0, 0.0]])
+    w1 = moe.routing(xs).detach()
     assert ((w1 > 0).sum(-1) == 2).all()  # noisy gating (Eq. 12) still picks K experts
+    assert ((w1[:3] > 0) == torch.tensor([[1, 1, 0], [0, 1, 1], [1, 0, 1]], dtype=torch.bool)).all()
+    assert abs(float(w1[3].max()) - 0.5) > 1e-3  # equal logits: only the noise separates them
     assert 0 < float(m.dsi.eta.detach()) < 0.2  # η = sigmoid(−2) at init (Eq. 14)
 
 
@@ -477,9 +497,22 @@ def test_full_vocabulary_decoding_matches_exhaustive_scoring(world):
         assert torch.allclose(torch.sort(ex[u], descending=True).values, scores[u], atol=1e-4)
     # full-vocabulary probabilities of the valid items sum to less than 1 (mass on invalid tokens)
     assert (ex.exp().sum(1) < 1 - 1e-3).all()
-    # and the ranking differs from the renormalised one in general, while each is a valid ranking
-    items_r, _ = beam_search(m, b, ti, beam=N, topk=N, norm="renorm")
-    assert all(len(set(items[u].tolist())) == N for u in range(4))
+    # the beam's items carry the exhaustive scores of those items
+    assert torch.allclose(torch.gather(ex, 1, items), scores, atol=1e-4)
+    assert all(sorted(items[u].tolist()) == list(range(N)) for u in range(4))  # each item once
+    # renormalised decoding against exhaustive scoring under the same norm: same scores, same items
+    items_r, scores_r = beam_search(m, b, ti, beam=N, topk=N, norm="renorm")
+    ex_r = score_all_items(m, b, ti, torch.from_numpy(codes), norm="renorm")
+    for u in range(4):
+        assert torch.allclose(torch.sort(ex_r[u], descending=True).values, scores_r[u], atol=1e-4)
+    assert torch.allclose(torch.gather(ex_r, 1, items_r), scores_r, atol=1e-4)
+    assert all(sorted(items_r[u].tolist()) == list(range(N)) for u in range(4))
+    # renorm is a distribution over the valid items (the children's probabilities of every trie node sum
+    # to 1), and each item's renormalised probability is at least its full-vocabulary one (a subset's norm)
+    assert torch.allclose(ex_r.exp().sum(1), torch.ones(4), atol=1e-5)
+    assert (ex_r >= ex - 1e-5).all()
+    # and the two rankings differ (the full norm penalises prefixes whose level mass sits on invalid tokens)
+    assert any(not torch.equal(items[u], items_r[u]) for u in range(4))
 
 
 def test_last_level_shortcut_keeps_the_top_k_exact(world):
