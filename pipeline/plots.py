@@ -82,6 +82,8 @@ def draw(spec: PlotSpec, series: dict[str, pd.DataFrame], out_dir: Path) -> list
     try:
         if spec.template.startswith("bar"):
             _bars(ax, spec, series)
+        elif name in PARTS and len(series) == 1:
+            _parts(ax, spec, next(iter(series.values())), next(iter(series)))
         else:
             for tag, df in series.items():
                 _check(df, spec, tag)
@@ -105,6 +107,27 @@ def draw(spec: PlotSpec, series: dict[str, pd.DataFrame], out_dir: Path) -> list
     finally:
         plt.close(fig)
     return paths
+
+
+# curves drawn with every loss part as its own line (one run; with --rev runs, the declared y per run)
+PARTS = {"quantizer.csv"}
+NOT_PARTS = {"epoch", "restarted"}
+
+
+def _parts(ax, spec: PlotSpec, df: pd.DataFrame, tag: str) -> None:
+    """Every numeric column but x as its own line (issue 32: the quantizer's loss parts, so that what moves the
+    total is seen: `trainable` is what early stopping reads); a log axis where every value is positive."""
+    _check(df, spec, tag)
+    cols = [c for c in df.columns if c != spec.x and c not in NOT_PARTS and pd.api.types.is_numeric_dtype(df[c])]
+    for c in cols:
+        d = df[[spec.x, c]].dropna()
+        ax.plot(d[spec.x], d[c], marker="o" if c == spec.y else None, markersize=2, linewidth=2 if c in (spec.y, "trainable")
+                else 1, label=c)
+    if all((df[c].dropna() > 0).all() for c in cols):
+        ax.set_yscale("log")
+    ax.set_xlabel(label(spec.x))
+    ax.set_ylabel("loss part (log scale)" if ax.get_yscale() == "log" else "loss part")
+    ax.grid(alpha=0.3)
 
 
 def _check(df: pd.DataFrame, spec: PlotSpec, tag: str) -> None:

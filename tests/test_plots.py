@@ -64,3 +64,17 @@ def test_experiments_share_a_chart_and_bad_input_is_one_line(tmp_path, monkeypat
     pd.DataFrame({"epoch": [1], "loss": [0.5]}).to_csv("plots/train.csv", index=False)
     with pytest.raises(DataError, match="no column 'valid_ndcg@20'"):
         render([PlotSpec("plots/train.csv", "epoch", "valid_ndcg@20")], read, ["workspace"], tmp_path / "img")
+
+
+def test_the_quantizer_plot_shows_every_loss_part(tmp_path):
+    """Issue 32: one run's quantizer curve is drawn part by part (the trainable loss early stopping reads, the
+    official reading's value-only anchor term, reconstruction, ...), each a labelled line of the chart."""
+    df = pd.DataFrame({"epoch": [1, 2, 3], "total": [9.0, 8.0, 8.5], "trainable": [5.0, 4.0, 3.5],
+                       "hsa_anchor": [4.0, 4.0, 5.0], "hsa_ce": [1.0, 0.9, 0.8], "rec_cont": [0.5, 0.4, 0.3],
+                       "restarted": [3, 0, 1]})
+    spec = PlotSpec("plots/quantizer.csv", "epoch", "total")
+    paths = render([spec], lambda rev, path: df.to_csv(index=False), ["workspace"], tmp_path)
+    svg = next(p for p in paths if p.suffix == ".svg").read_text()
+    for part in ("total", "trainable", "hsa_anchor", "hsa_ce", "rec_cont"):
+        assert f"<!-- {part} -->" in svg, part  # matplotlib names each legend entry in the SVG
+    assert "<!-- restarted -->" not in svg  # a count, not a loss part

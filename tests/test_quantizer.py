@@ -80,7 +80,8 @@ def test_full_loss_is_eq9(hsa_grad):
     """Every term recomputed here from the model's pieces and the batch, not from the parts it reports."""
     cfg = QuantizerConfig(**SMALL, hsa_grad=hsa_grad)
     model, out, total, parts = _loss_parts(cfg)
-    assert set(parts) == {"rec_cont", "rec_collab", "commit", "acd", "hsa", "total"}
+    assert set(parts) == {"rec_cont", "rec_collab", "commit", "acd", "hsa", "total", "trainable"}
+    assert torch.equal(parts["trainable"], total)  # no value-only term in these readings
     batch, tag_embs = _batch()
     with torch.no_grad():
         g = torch.sigmoid(model.gate.net(batch["e_collab"]))  # Eq. 2
@@ -185,7 +186,7 @@ def test_switch_removes_exactly_its_term(switch, removed):
 def test_dhr_off_is_one_decoder_of_the_concatenation():
     _, _, _, full = _loss_parts(QuantizerConfig(**SMALL))
     model, out, total, parts = _loss_parts(QuantizerConfig(**SMALL, dhr=False))
-    assert set(parts) == {"rec_joint", "commit", "acd", "hsa", "total"}
+    assert set(parts) == {"rec_joint", "commit", "acd", "hsa", "total", "trainable"}
     assert list(model.decoders) == ["joint"] and model.decoders["joint"][-1].out_features == 24 + 8
     batch, _ = _batch()
     target = torch.cat([batch["e_cont"], out["purified"]], -1)
@@ -195,7 +196,7 @@ def test_dhr_off_is_one_decoder_of_the_concatenation():
 def test_rqvae_tokenizer_is_content_only_with_no_prism_terms():
     cfg = tokenizer_config("rqvae", QuantizerConfig(**SMALL))
     model, _, total, parts = _loss_parts(cfg)
-    assert set(parts) == {"rec_joint", "commit", "total"}
+    assert set(parts) == {"rec_joint", "commit", "total", "trainable"}
     assert model.encoder[0].in_features == 24  # no collaborative input
     assert torch.isclose(total, parts["rec_joint"] + cfg.beta * parts["commit"])
 
@@ -262,3 +263,33 @@ def test_rq_kmeans(synthetic_inputs):
     assert out.codes.shape == (len(x), 3) and out.codebooks.shape == (3, 16, 8)
     assert np.allclose(out.q.sum(1), sum(out.codebooks[l][out.codes[:, l]] for l in range(3)), atol=1e-4)
     assert out.metrics["utilisation_l1"] == 1.0
+
+
+def test_a_growing_value_only_term_cannot_stop_training(synthetic_inputs, monkeypatch):
+    """Issue 32: early stopping reads the trainable loss. The official HSA reading's anchor term is a value no
+    parameter can change; made to grow by 1,000 every step here, it must leave the stop (epoch and reason) and
+    every trainable column exactly as with that term at 0, while the logged total climbs with it."""
+    import pipeline.tokenizer.quantizer as qz
+
+    original = qz.hsa_loss_official
+
+    def runs(growth: float):
+        calls = [0]
+
+        def patched(*args, **kw):
+            ce, _ = original(*args, **kw)
+            calls[0] += 1
+            return ce, ce.new_tensor(growth * calls[0])
+        monkeypatch.setattr(qz, "hsa_loss_official", patched)
+        torch.manual_seed(0)
+        cfg = QuantizerConfig(codebook_size=32, d_cb=8, hidden=(64, 32), hsa_grad="official")
+        return train_quantizer(synthetic_inputs, cfg, TrainConfig(epochs=40, batch_size=64, patience=3), "cpu", 0)
+
+    flat, growing = runs(0.0), runs(1000.0)
+    assert [h["trainable"] for h in growing.history] == [h["trainable"] for h in flat.history]
+    assert growing.metrics["stopped"] == flat.metrics["stopped"]
+    assert growing.metrics["epochs_run"] == flat.metrics["epochs_run"] > 3
+    assert growing.metrics["best_epoch"] == flat.metrics["best_epoch"]
+    totals = [h["total"] for h in growing.history]
+    assert all(b > a for a, b in zip(totals, totals[1:]))  # the total alone would have stopped it at epoch 4
+    assert {"hsa_ce", "hsa_anchor", "trainable"} <= growing.history[0].keys()

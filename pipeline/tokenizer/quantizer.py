@@ -364,26 +364,25 @@ def hsa_loss_cell(anchors: list[torch.Tensor], codebooks: torch.Tensor, residual
 
 def hsa_loss_official(anchor_proj: nn.ModuleList, tag_embs: list[torch.Tensor], codebooks: torch.Tensor,
                       residuals: torch.Tensor, q: torch.Tensor, tags: torch.Tensor, classifiers: nn.ModuleList,
-                      tau: float) -> torch.Tensor:
+                      tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 6-7 as the paper's released code computes them (`hsa_grad: official`; a reference, facts in
     docs/design.md "HSA"): the tag classifier (a 3-layer MLP) reads the concatenated straight-through
     codes of levels 1..l, where only the level-1 slot carries gradient to the encoder (each later
     level's residual is taken after the straight-through code, so its slot's gradient is zero); the
     codebooks take no gradient. The soft-anchor term is computed on each level's tag vocabulary with
     projection MLPs that are not trained (in the released code they are created after the optimizer):
-    it adds a value and updates no parameter."""
+    it adds a value and updates no parameter. Returns the two apart: (the classifiers' cross-entropy, summed
+    over levels; the anchor value, summed over levels, detached): L_hsa is their sum."""
     L = residuals.shape[1]
     slots = [residuals[:, 0] + (q[:, 0] - residuals[:, 0]).detach()] + [q[:, j].detach() for j in range(1, L)]
-    total = residuals.new_zeros(())
+    ce, anchor = residuals.new_zeros(()), residuals.new_zeros(())
     for l, cls in enumerate(classifiers):
         n = (tags[:, l] >= 0).sum().clamp_min(1)
-        total = total + F.cross_entropy(cls(torch.cat(slots[: l + 1], 1)), tags[:, l], ignore_index=-1,
-                                        reduction="sum") / n
+        ce = ce + F.cross_entropy(cls(torch.cat(slots[: l + 1], 1)), tags[:, l], ignore_index=-1, reduction="sum") / n
         with torch.no_grad():  # the untrained projections: a value, no gradient to anything
             p = anchor_proj[l](tag_embs[l])
-            anchor_term = (p - soft_prototype(p, codebooks[l].detach(), tau)).pow(2).sum(-1).mean()
-        total = total + anchor_term
-    return total
+            anchor = anchor + (p - soft_prototype(p, codebooks[l].detach(), tau)).pow(2).sum(-1).mean()
+    return ce, anchor
 
 
 @torch.no_grad()
@@ -498,9 +497,20 @@ class PurifiedSemanticQuantizer(nn.Module):
         if out["g"] is not None:
             parts["acd"] = acd_loss(out["g"], batch["popularity"], cfg.delta, cfg.acd_variance, cfg.acd_margin)
             total = total + cfg.lambda1 * parts["acd"]
+        fixed = None  # the part of the total no parameter can change (a value only)
         if cfg.hsa:
-            parts["hsa"] = self.hsa_term(batch, out, tag_embs)
-            total = total + cfg.lambda2 * parts["hsa"]
+            if cfg.hsa_grad == "official":  # the classifiers' CE and the untrained anchors' value, apart
+                parts["hsa_ce"], parts["hsa_anchor"] = self.hsa_official_parts(batch, out, tag_embs)
+                parts["hsa"] = parts["hsa_ce"] + parts["hsa_anchor"]
+                total, fixed = total + cfg.lambda2 * parts["hsa_ce"], cfg.lambda2 * parts["hsa_anchor"]
+            else:
+                parts["hsa"] = self.hsa_term(batch, out, tag_embs)
+                total = total + cfg.lambda2 * parts["hsa"]
+        # what training can lower: every term but the value-only ones. Early stopping reads this (issue 32): a
+        # value no parameter can change must never decide when training ends
+        parts["trainable"] = total
+        if fixed is not None:
+            total = total + fixed
         parts["total"] = total
         return total, parts
 
@@ -508,6 +518,11 @@ class PurifiedSemanticQuantizer(nn.Module):
     def refit_anchors(self, tag_embs: list[torch.Tensor], tags: torch.Tensor, residuals: torch.Tensor) -> None:
         """Soft HSA: refit the anchors p_l of all tags to the items' current residuals (`fit_anchors`)."""
         self.fitted_anchors = fit_anchors(tag_embs, tags, residuals)
+
+    def hsa_official_parts(self, batch: dict[str, torch.Tensor], out: dict, tag_embs: list[torch.Tensor]):
+        """The official reading's L_hsa as (classifier CE, anchor value): `hsa_loss_official`."""
+        return hsa_loss_official(self.anchor_proj, tag_embs, self.rq.codebooks, out["residuals"], out["q"],
+                                 batch["tags"], self.classifiers, self.cfg.tau_hsa)
 
     def hsa_term(self, batch: dict[str, torch.Tensor], out: dict, tag_embs: list[torch.Tensor]) -> torch.Tensor:
         """L_hsa (Eq. 6-7) in the reading `hsa_grad` names. tag_embs[l]: the depth-l tags' text
@@ -518,8 +533,7 @@ class PurifiedSemanticQuantizer(nn.Module):
             anchors = [self.anchor_proj[l](tag_embs[l]) for l in range(cfg.levels)]
             return hsa_loss_cell(anchors, self.rq.codebooks, out["residuals"], tags, cfg.tau_hsa, cfg.hsa_usage)
         if cfg.hsa_grad == "official":
-            return hsa_loss_official(self.anchor_proj, tag_embs, self.rq.codebooks, out["residuals"], out["q"], tags,
-                                     self.classifiers, cfg.tau_hsa)
+            return sum(self.hsa_official_parts(batch, out, tag_embs))
         if cfg.hsa_grad == "soft":
             if self.fitted_anchors is None:
                 raise RuntimeError("soft HSA needs anchors: call refit_anchors(tag_embs, tags, residuals) first")

@@ -25,7 +25,7 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    patience: int = 30  # epochs without a lower training loss (rel. 1e-4) before stopping
+    patience: int = 30  # epochs without a lower trainable loss (rel. 1e-4; value-only terms excluded) before stopping
     time_budget_min: float = 0  # wall-clock training budget in minutes; 0 = none
 
 
@@ -132,8 +132,10 @@ def train_quantizer(data: dict, qcfg: QuantizerConfig, tcfg: TrainConfig, device
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().double() * len(idx)
         row = {"epoch": epoch, **{k: float(v) / n for k, v in sums.items()}}
-        if row["total"] < best * (1 - 1e-4):
-            best, best_epoch = row["total"], epoch
+        # the stopping rule reads the trainable loss: a value-only term (the official HSA reading's untrained
+        # anchors) is logged as its own column and never decides when training ends
+        if row["trainable"] < best * (1 - 1e-4):
+            best, best_epoch = row["trainable"], epoch
         over_budget = tcfg.time_budget_min > 0 and time.time() - t0 >= 60 * tcfg.time_budget_min
         stopped = ("max_epochs" if epoch == tcfg.epochs else "time_budget" if over_budget else
                    "patience" if epoch - best_epoch >= tcfg.patience else None)
@@ -160,6 +162,10 @@ def train_quantizer(data: dict, qcfg: QuantizerConfig, tcfg: TrainConfig, device
         _, parts = model.loss(full, out, tag_embs)
     metrics.update({f"recon_{k[4:]}": float(v) for k, v in parts.items() if k.startswith("rec_")})
     metrics.update({"final_loss": float(parts["total"]), "epochs_run": len(history), "stopped": stopped,
+                    "best_epoch": best_epoch, "best_trainable_loss": round(best, 6),
+                    "stop_rule": f"patience {tcfg.patience} epochs without a lower trainable loss (total minus "
+                                 f"value-only terms), max {tcfg.epochs} epochs"
+                                 + (f", budget {tcfg.time_budget_min} min" if tcfg.time_budget_min > 0 else ""),
                     "train_wall_s": round(wall, 1)})
     if out["g"] is not None:
         metrics.update(gate_stats(out["g"].cpu().numpy(), full["popularity"].cpu().numpy()))
