@@ -66,13 +66,13 @@ def max_over_ranks(x: float, device: str) -> float:
     return float(t.item())
 
 
-def sum_over_ranks(sums: dict) -> dict:
+def sum_over_ranks(sums: dict, device: str) -> dict:
     """Every rank's values summed, key by key, on every rank (the training loss sums of an epoch). The
-    values are numbers or 0-d tensors on the rank's device; every rank holds the same keys."""
+    values are numbers or 0-d tensors; every rank holds the same keys."""
     if world() == 1 or not sums:
         return sums
     keys = sorted(sums)
-    t = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).reshape(()) for k in keys])
+    t = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=device).reshape(()) for k in keys])
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return dict(zip(keys, t.unbind()))
 

@@ -58,6 +58,14 @@ def link_targets(folder: Path, dvc_file: Path, links: list[str]) -> dict[str, Pa
             raise DataError(f"--link {item}: {dst} is already a real file or folder of this run; remove it or use "
                             "another --dir.")
         out[Path(rel).as_posix()] = src
+    for rel in out:  # a link inside another link (or inside one left in the folder) lands outside the folder
+        parts = Path(rel).parts
+        for n in range(1, len(parts)):
+            above = Path(*parts[:n]).as_posix()
+            if above in out or (folder / above).is_symlink():
+                raise ParamError(f"--link {rel}={out[rel]}: {above} is itself a link, so this one would be made "
+                                 f"inside its target, outside the run folder {folder}; link {above} alone, or "
+                                 f"remove the link at {folder / above}.")
     return out
 
 

@@ -44,6 +44,8 @@ def dedup_cmd(
     if (quantizer / ID_RECORD).is_file():  # which tokenizer made the codes (train checks it against its variant)
         write_json(out / ID_RECORD, {**json.loads((quantizer / ID_RECORD).read_text()),
                                      "dedup": {k: p[f"dedup.{k}"] for k in DedupConfig.__dataclass_fields__}})
+    else:  # codes from before the record: no stale record of other IDs may stay beside these
+        (out / ID_RECORD).unlink(missing_ok=True)
     write_metrics(metrics, rep)
     levels = ", ".join(f"L{l}: {rep[f'moved_from_level_{l}']}" for l in range(1, L + 1))
     summary(f"dedup: {rep['moved']:,} of {rep['items']:,} items moved ({levels}) in {rep['rounds']} rounds, "

@@ -216,3 +216,16 @@ def test_dag_dry_run_writes_nothing(tmp_path, monkeypatch):
     for args, msg in ((["-S", "lambda1=x"], "lambda1"), (["--link", "data/sid=/no/such"], "does not exist")):
         _refused(CliRunner().invoke(app, ["dag", "--dir", str(run), "--from", "b", "--dry-run", *args]), msg)
     assert not (tmp_path / "runs").exists()
+
+
+def test_dag_refuses_a_link_inside_another_link(tmp_path, monkeypatch):
+    """--link data=X --link data/other=Y would make data/other inside X (another run's folder): refused before
+    anything is written, with --dry-run too, X untouched."""
+    _, inp = _project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    for extra in ([], ["--dry-run"]):
+        res = CliRunner().invoke(app, ["dag", "--dir", str(run), "--from", "b", "--link", f"data={inp.parent}",
+                                       "--link", f"data/other={inp}", *extra])
+        _refused(res, "data/other", "data is itself a link")
+    assert not run.exists() and not (inp.parent / "other").exists()

@@ -71,11 +71,14 @@ def _failing_at(k: int, exc: Exception):
     return wrap
 
 
-@pytest.mark.parametrize("call", [2, 3])
-def test_compile_auto_falls_back_when_a_later_call_fails(world, monkeypatch, call):
+@pytest.mark.parametrize("call, exc", [
+    (2, RuntimeError("simulated cudagraph capture failure")), (3, RuntimeError("simulated replay failure")),
+    (2, RuntimeError("CUDA error: operation not permitted when stream is capturing"))])
+def test_compile_auto_falls_back_when_a_later_call_fails(world, monkeypatch, call, exc):
     """CUDA-graph trees warm up at the first call, record at the second and replay at the third: a capture
-    or replay failure surfaces there, and `auto` still trains uncompiled."""
-    _compiled(monkeypatch, _failing_at(call, RuntimeError("simulated cudagraph capture failure")))
+    or replay failure surfaces there (a capture failure reads as a CUDA error), and `auto` still trains
+    uncompiled."""
+    _compiled(monkeypatch, _failing_at(call, exc))
     cfg = FitConfig(batch_size=8, max_epochs=1, warmup_steps=2, valid_users=0, beam_size=20, amp="off",
                     compile="auto")
     res = fit(*_args(world, cfg), seed=0)

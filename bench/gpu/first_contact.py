@@ -47,6 +47,7 @@ from pipeline.recommender.train import (FitConfig, compiled_loss, device_sync, m
 SMOKE = ["dataset=synthetic", "synthetic.size=tiny", "device=cpu", "recommender.enc_layers=1",
          "recommender.dec_layers=1", "recommender.dropout=0.0", "evaluate.latency_users=2"]
 RESULTS: dict = {}
+TRAIN_TIMEOUT_S = 240  # one training run's share of the ~8-minute device call
 
 
 def say(name: str, status: str, detail: str) -> None:
@@ -74,6 +75,10 @@ class Setup:
         self.plan = self.data.upload(train.plan(self.fcfg.batch_size, np.random.default_rng(0), True, self.buckets),
                                      True)
         self.backend = "aot_eager" if smoke else "inductor"
+        if self.device == "cuda":  # CUDA-graph profiling set up before anything is compiled or captured
+            from torch.profiler._utils import _init_for_cuda_graphs
+
+            _init_for_cuda_graphs()
 
     def compiled(self, model):
         return compiled_loss(model, self.device, backend=self.backend, mode=self.mode or "default")
@@ -108,10 +113,15 @@ def check_adam(s: Setup) -> None:
         idx[pads] = real[torch.arange(len(pads), device=w.device) % len(real)].flip(0)
         other = {k: (v if k == "weight" else v.index_select(0, idx)) for k, v in batch.items()}
         grads = []
-        for b in (batch, other):
-            m = copy.deepcopy(s.model).eval()
-            m.loss(b)[0].backward()
-            grads.append([p.grad.clone() if p.grad is not None else None for p in m.parameters()])
+        was = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)  # bit-equality needs no atomic-add kernels
+        try:
+            for b in (batch, other):
+                m = copy.deepcopy(s.model).eval()
+                m.loss(b)[0].backward()
+                grads.append([p.grad.clone() if p.grad is not None else None for p in m.parameters()])
+        finally:
+            torch.use_deterministic_algorithms(was, warn_only=True)
         same = all((a is None and b is None) or torch.equal(a, b) for a, b in zip(*grads))
         fill_ok = same
         fill = f"{len(pads)} fill rows of batch {j}: gradients {'identical' if same else 'DIFFER'} when their contents change"
@@ -208,7 +218,11 @@ def train_runs(inp: Path, out: Path, sets: list[str], runs: list[str], epochs: i
         log = out / f"train_{name}.log"
         t0 = time.time()
         with open(log, "w") as fh:
-            rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+            try:
+                rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                    timeout=TRAIN_TIMEOUT_S).returncode
+            except subprocess.TimeoutExpired:
+                rc = f"timeout after {TRAIN_TIMEOUT_S}s"
         text = log.read_text()
         recompiles = len(re.findall(r"[Rr]ecompiling function", text))
         skipping = [ln.strip() for ln in text.splitlines() if "skipping cudagraphs" in ln]

@@ -172,6 +172,7 @@ def train_step(model, opt, batch: dict[str, torch.Tensor], device: str, amp: Amp
 
 
 WARM_CALLS = {"default": 1, "reduce-overhead": 2}  # compiled calls per batch shape that compile (and record)
+SYNC_EVERY = 50  # under a budget, steps between device syncs before the clock is read (CUDA graphs run ahead)
 OPEN_CALLS = 3  # a shape's compiled calls before `auto` trusts it: warm-up, record, replay (CUDA-graph trees)
 
 
@@ -186,13 +187,14 @@ def device_failure(e: BaseException) -> bool:
     """Whether an exception of a compiled step is the device's, not the compiler's: out of memory, a
     device-side assert or another CUDA error would fail the eager step too, so `compile: auto` must not
     call it a compiler failure and retrain uncompiled."""
-    if isinstance(e, torch.OutOfMemoryError):
+    text = str(e)
+    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "device-side assert" in text:
         return True
+    if "captur" in text.lower():  # a CUDA-graph capture failure ("... when stream is capturing"): the compiler's
+        return False
     if isinstance(e, getattr(torch, "AcceleratorError", ())):
         return True
-    text = str(e)
-    return any(s in text for s in ("device-side assert", "CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS",
-                                   "out of memory"))
+    return any(s in text for s in ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS"))
 
 
 def restore_cuda_rng(states) -> int:
@@ -368,6 +370,8 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
         bar = progress_bar(range(done, len(plan)), desc=f"train epoch {epoch}", leave=False,
                            disable=not dd.is_main() or None)
         for j, step in enumerate(bar):
+            if budget_s < float("inf") and j % SYNC_EVERY == 0:
+                device_sync(device)  # bounds how far the host's clock runs ahead of the device's work
             elapsed = state["train_s"] + clock() - t0 - held
             if budget_s < float("inf"):
                 # one clock for all ranks (rank 0 alone would need a broadcast anyway): the same learning
@@ -428,7 +432,7 @@ def fit(model, train: SeqData | Windows, valid: SeqData, trie: TrieIndex, cfg: F
         total = train.n_samples
         # every rank's loss sums over every rank's samples (rank 0's sum over all ranks' count would show
         # 1/world of the loss); a checkpoint's partial sums are the ranks' total, carried by rank 0 alone
-        glob = dd.sum_over_ranks(sums)
+        glob = dd.sum_over_ranks(sums, device)
         if cut:
             state["partial"]["sums"] = glob
         row = {"epoch": epoch, "fraction": round(n_seen / total, 4),
