@@ -14,7 +14,7 @@ from pipeline.recommender import train as tr
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.seqdata import DeviceSamples, SeqData
 from pipeline.recommender.train import FitConfig, fit
-from tests.test_recommender import make, world  # noqa: F401  (the fixture)
+from test_recommender import make, world  # noqa: F401  (the fixture)
 
 
 def _args(world, cfg, **kw):
