@@ -1,8 +1,8 @@
-"""Table 3 over seeds (issue 10): semantic-ID quality of each tokenizer variant, mean ± sd.
+"""Table 3 over seeds (issue 10): semantic-ID quality of each row (a tokenizer, an ablation, a reading), mean ± sd.
 
-Runs dvc.yaml's `quantize` stage (and `dedup` with --dedup) once per (variant, seed) through `prism dag --dir`
+Runs dvc.yaml's `quantize` stage (and `dedup` with --dedup) once per (row, seed) through `prism dag --dir`
 (one run folder each, the prepared inputs linked in), many at once (each its own process; on one GPU they
-share it), then writes OUT/table3.json (every run's metrics) and OUT/table3.md (mean ± sd per variant:
+share it), then writes OUT/table3.json (every run's metrics) and OUT/table3.md (mean ± sd per row:
 collision rate at layer 2 and final, perplexity per level, utilisation, NMI of the codes with the
 category tree, the ACD gate's statistics), printed last.
 
@@ -10,7 +10,7 @@ IN holds processed/, features/, collab/item_emb.npy and, for the rows whose item
 categories out (as the official code), processed_nocat/ and features_nocat/, and for Eq. 4 as written
 processed_rawpop/ (`-S preprocess.popularity_transform=none`); bench/gpu/prepare_t3.sh makes them all.
 
-    python bench/table3.py IN OUT [--device cuda] [--seeds 42,43,44] [--variants ...] [--total-s 400]
+    python bench/table3.py IN OUT [--device cuda] [--seeds 42,43,44] [--rows ...] [--total-s 400]
     python bench/table3.py IN OUT --smoke       tiny synthetic set on CPU, 2 epochs (a test runs it)
 
 `--total-s` bounds the whole run: every quantizer gets `quantize.time_budget_min` = total-s − `--margin-s`
@@ -34,21 +34,21 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> (-S overrides, input variant: "" = processed/ + features/, "_nocat" = item text without categories
+# row -> (-S overrides, input set: "" = processed/ + features/, "_nocat" = item text without categories
 # (processed_nocat/, features_nocat/), "_rawpop" = popularity min-max of raw counts (processed_rawpop/, the
 # features/ as usual))
-VARIANTS: dict[str, tuple[list[str], str]] = {
+ROWS: dict[str, tuple[list[str], str]] = {
     "prism": ([], ""),
     "no_acd": (["acd=false"], ""),
     "no_hsa": (["hsa=false"], ""),
     "no_dhr": (["dhr=false"], ""),
     "rqvae": (["variant=tiger"], ""),  # the variants' tokenizers (pipeline/variants.py)
     "rqkmeans": (["variant=rqkmeans", "device=cpu"], ""),
-    "prism_hsa_soft": (["quantize.hsa_grad=soft"], ""),
-    "prism_hsa_encoder": (["quantize.hsa_grad=encoder"], ""),
-    "prism_hsa_cell": (["quantize.hsa_grad=cell"], ""),
-    "prism_hsa_official": (["quantize.hsa_grad=official"], ""),
-    "prism_hsa_codebook": (["quantize.hsa_grad=codebook"], ""),
+    "prism_hsa_soft": (["quantize.hsa_reading=soft"], ""),
+    "prism_hsa_encoder": (["quantize.hsa_reading=encoder"], ""),
+    "prism_hsa_cell": (["quantize.hsa_reading=cell"], ""),
+    "prism_hsa_official": (["quantize.hsa_reading=official"], ""),
+    "prism_hsa_codebook": (["quantize.hsa_reading=codebook"], ""),
     "prism_acd_popularity": (["quantize.acd_margin=popularity"], ""),
     "prism_acd_absolute": (["quantize.acd_margin=absolute"], ""),
     "prism_acd_paper": (["quantize.acd_margin=absolute"], "_rawpop"),
@@ -72,10 +72,15 @@ COLS = ["collision_rate_l2", "collision_rate_final", "perplexity_l1", "perplexit
         "perplexity_mean", "utilisation_l1", "nmi_tag1", "nmi_tag2", "nmi_tag1_excess", "nmi_tag2_excess",
         "gate_mean", "gate_sd", "gate_pop_corr", "gate_pop_spearman", "gate_mid_share",
         "epochs_run", "train_wall_s", "dedup_moved"]
-# seed-paired differences against the reference variant (`--reference`); the decision rule, stated before
+# seed-paired differences against the reference row (`--reference`); the decision rule, stated before
 # running (issue 21): an effect is real if every paired difference has the same sign and |mean| > 2 × their sd
 PAIRED = ["collision_rate_l2", "collision_rate_final", "perplexity_l1", "perplexity_mean", "nmi_tag1_excess",
           "nmi_tag2_excess"]
+
+
+def _row(r: dict) -> str:
+    """A run's row name (`variant` in files written before the rename)."""
+    return r.get("row", r.get("variant"))
 
 
 def main() -> None:
@@ -84,7 +89,8 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seeds", default="42,43,44")
-    ap.add_argument("--variants", default=DEFAULT)
+    ap.add_argument("--rows", "--variants", dest="rows", default=DEFAULT,
+                    help="the rows of the table (names of ROWS; --variants is the old name of this option)")
     ap.add_argument("--total-s", type=float, default=0, help="deadline for the whole run (0 = none)")
     ap.add_argument("--jobs", type=int, default=0, help="processes at once (0 = all)")
     ap.add_argument("--margin-s", type=float, default=120,
@@ -97,7 +103,7 @@ def main() -> None:
                     help="per-run folders (default /tmp/prism_table3_work; OUT_work with --smoke)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--dataset", default="beauty", help="the dataset IN was prepared from (e.g. synthetic)")
-    ap.add_argument("--reference", default="prism", help="the variant the seed-paired differences are taken against")
+    ap.add_argument("--reference", default="prism", help="the row the seed-paired differences are taken against")
     a = ap.parse_args()
     t0 = time.time()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -112,8 +118,8 @@ def main() -> None:
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     seeds = [int(s) for s in a.seeds.split(",")]
     jobs = []
-    for v in a.variants.split(","):
-        sets, kind = VARIANTS[v]
+    for v in a.rows.split(","):
+        sets, kind = ROWS[v]
         data_dir, feat_dir = inp / f"processed{kind}", inp / ("features_nocat" if kind == "_nocat" else "features")
         if not data_dir.is_dir():
             print(f"table3: {v}: skipped ({data_dir} missing)", file=sys.stderr)
@@ -153,13 +159,13 @@ def main() -> None:
                     dd = json.loads((d / "metrics/dedup.json").read_text())
                     m.update({"dedup_moved": dd.get("moved"), "dedup_final_collision": dd.get("final_collision_rate")})
             tail = "" if m else (d / "log.txt").read_text()[-600:]
-            results.append({"variant": v, "seed": seed, "rc": p.returncode, "wall_s": round(time.time() - ts, 1),
+            results.append({"row": v, "seed": seed, "rc": p.returncode, "wall_s": round(time.time() - ts, 1),
                             "metrics": m, "error_tail": tail})
             print(f"[{time.time() - t0:6.1f}s] {v} seed {seed}: rc {p.returncode}"
                   + (f", final CR {m['collision_rate_final']:.2%}, PPL {m['perplexity_mean']:.1f}, "
                      f"{m['epochs_run']} epochs ({m.get('stopped', '-')})" if m else ""), flush=True)
     res = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0)), "device": a.device,
-           "seeds": seeds, "common": common, "runs": sorted(results, key=lambda r: (r["variant"], r["seed"])),
+           "seeds": seeds, "common": common, "runs": sorted(results, key=lambda r: (_row(r), r["seed"])),
            "wall_s": round(time.time() - t0, 1), "reference": a.reference}
     (a.out / "table3.json").write_text(json.dumps(res, indent=1))
     md = table(res) + paired(res)
@@ -182,12 +188,12 @@ def fmt(vals: list[float], col: str) -> str:
 def table(res: dict) -> str:
     by: dict[str, list[dict]] = {}
     for r in res["runs"]:
-        by.setdefault(r["variant"], []).append(r)
+        by.setdefault(_row(r), []).append(r)
     lines = [f"# Table 3 over seeds {res['seeds']} ({res['started']}, device {res['device']}, wall {res['wall_s']} s)",
              "", "mean ± sd over the seeds that finished (n); CR = collision rate before dedup", "",
              "| tokenizer | n | " + " | ".join(COLS) + " | stopped | paper CR2 / CRf / PPL |",
              "|---" * (len(COLS) + 4) + "|"]
-    for v in VARIANTS:
+    for v in ROWS:
         if v not in by:
             continue
         ok = [r["metrics"] for r in by[v] if r["metrics"]]
@@ -196,22 +202,22 @@ def table(res: dict) -> str:
         lines.append(f"| {LABELS[v]} | {len(ok)}/{len(by[v])} | " + " | ".join(cells) + f" | {stopped} | {PAPER.get(v, '–')} |")
     bad = [r for r in res["runs"] if not r["metrics"]]
     for r in bad:
-        lines.append(f"\nFAILED {r['variant']} seed {r['seed']} rc {r['rc']}: {r['error_tail'][-300:]}")
+        lines.append(f"\nFAILED {_row(r)} seed {r['seed']} rc {r['rc']}: {r['error_tail'][-300:]}")
     return "\n".join(lines) + "\n"
 
 
 def paired(res: dict) -> str:
-    """Seed-paired differences (variant − reference, same seed) of the PAIRED metrics: mean ± sd and the
+    """Seed-paired differences (row − reference, same seed) of the PAIRED metrics: mean ± sd and the
     verdict of the decision rule (every difference of one sign and |mean| > 2 sd: "real", else "-")."""
     ref = res.get("reference", "prism")
-    runs = {(r["variant"], r["seed"]): r["metrics"] for r in res["runs"] if r["metrics"]}
-    variants = [v for v in VARIANTS if v != ref and any(k[0] == v for k in runs)]
-    if not any(k[0] == ref for k in runs) or not variants:
+    runs = {(_row(r), r["seed"]): r["metrics"] for r in res["runs"] if r["metrics"]}
+    others = [v for v in ROWS if v != ref and any(k[0] == v for k in runs)]
+    if not any(k[0] == ref for k in runs) or not others:
         return ""
-    lines = ["", f"Seed-paired differences vs {LABELS.get(ref, ref)} (variant − reference, same seed): mean ± sd "
+    lines = ["", f"Seed-paired differences vs {LABELS.get(ref, ref)} (row − reference, same seed): mean ± sd "
              "over seeds; * = real by the rule (all of one sign, |mean| > 2 sd)", "",
-             "| variant | n | " + " | ".join(PAIRED) + " |", "|---" * (len(PAIRED) + 2) + "|"]
-    for v in variants:
+             "| row | n | " + " | ".join(PAIRED) + " |", "|---" * (len(PAIRED) + 2) + "|"]
+    for v in others:
         seeds = [s for (vv, s) in runs if vv == v and (ref, s) in runs]
         cells = []
         for c in PAIRED:

@@ -14,4 +14,4 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 D=${1:?dataset work dir (with processed/, features/, collab/)}; shift
 exec python bench/table3.py "$D" "$D/t3" --work "$D/t3/runs" --seeds "${SEEDS:-42}" --jobs "${JOBS:-2}" --dedup \
-  --variants prism,no_acd,no_hsa,no_dhr,rqvae,rqkmeans "$@"
+  --rows prism,no_acd,no_hsa,no_dhr,rqvae,rqkmeans "$@"

@@ -12,13 +12,16 @@ PyYAML's YAML 1.1 would read a bare `off` as False and `1e-3` as a string.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 from ruamel.yaml import YAML
 
 from pipeline import schema, variants
+from pipeline.choices import RENAMED
 from pipeline.utils import ParamError, PrismError
 
 
@@ -48,6 +51,15 @@ class Params:
         if key in variants.SWITCHES and node == variants.AUTO:  # the variant's value (records `variant` read)
             node = variants.resolve(key, node, self["variant"])
         return node
+
+    def __contains__(self, key: str) -> bool:
+        """Whether the params have `key` (not recorded as read)."""
+        node: Any = self._data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
 
     def get(self, key: str, default: Any = None) -> Any:
         try:
@@ -79,9 +91,17 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
             f"{path}: params file not found. Run from the project root or pass --params PATH."
         )
     data = yaml12_load(path.read_text()) or {}
+    for old, new in RENAMED.items():  # an old name in the file (e.g. set by `dvc exp run -S old=...`) wins
+        value = _pop(data, old)
+        if value is not _MISSING:
+            _renamed_note(str(path), old, new, value)
+            _put(data, new, value)
     known = flat_keys(data)
     for item in overrides:
         key, value = _parse_override(item)
+        if key in RENAMED:
+            _renamed_note(f"--set {item}", key, RENAMED[key], value)
+            key = RENAMED[key]
         node = data
         parts = key.split(".")
         for i, part in enumerate(parts):
@@ -97,6 +117,46 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
         node[parts[-1]] = value
     schema.check(data, str(path))  # every value's type and range (pipeline/schema.py)
     return Params(data, source=str(path))
+
+
+_MISSING = object()
+
+
+def _pop(data: dict, key: str) -> Any:
+    *groups, leaf = key.split(".")
+    for g in groups:
+        data = data.get(g) if isinstance(data, dict) else None
+    return data.pop(leaf, _MISSING) if isinstance(data, dict) else _MISSING
+
+
+def _put(data: dict, key: str, value: Any) -> None:
+    *groups, leaf = key.split(".")
+    for g in groups:
+        data = data.setdefault(g, {})
+    data[leaf] = value
+
+
+def _renamed_note(where: str, old: str, new: str, value: Any) -> None:
+    print(f"{where}: '{old}' is the old name of '{new}'; read as {new}={value} (rename it)", file=sys.stderr)
+
+
+def from_params(cls, p: Params, section: str, **given: Any):
+    """A config dataclass from params, the one way every stage builds its config: each field is `given`, else
+    `<section>.<field>`, else the top-level `<field>` (the paper's names and the switches), else its default.
+    Lists become tuples where the field's default is a tuple (params are YAML)."""
+    kw: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in given:
+            kw[f.name] = given[f.name]
+            continue
+        for key in (f"{section}.{f.name}", f.name):
+            if key in p:
+                value = p[key]
+                if isinstance(value, list) and isinstance(f.default, tuple):
+                    value = tuple(value)
+                kw[f.name] = value
+                break
+    return cls(**kw)
 
 
 def flat_keys(data: dict, prefix: str = "") -> list[str]:

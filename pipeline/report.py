@@ -1,12 +1,13 @@
-"""Results tables the way papers report them: variants as rows, Recall/NDCG@{5,10,20} as mean ± sd
+"""Results tables the way papers report them: one row per set of params (a variant, an ablation, a sweep
+point), Recall/NDCG@{5,10,20} as mean ± sd
 over seeds, the paper's figures beside them when known (`prism report`).
 
 Input: `dvc exp show --json` (DVC 3: a list of baseline revisions, each with its experiments). Every
-experiment (and the baseline commit, when it has metrics) is one run; runs are grouped into variants
-by the params that differ from the baseline commit, `seed` aside, so
+experiment (and the committed params, when they have metrics) is one run; runs are grouped into rows
+by the params that differ from the committed params, `seed` aside, so
 `dvc exp run --queue -S seed=1 -S hsa=false` lands in the row "hsa=false" with its other seeds.
 
-Below PRISM's variants come the reference models of the same runs: SASRec (`metrics/baseline.json`, stage
+Below PRISM's rows come the reference models of the same runs: SASRec (`metrics/baseline.json`, stage
 `baseline`) and the popularity floor (`test_popularity_baseline` of `metrics/eval.json`). Their rows are
 grouped by the params *their* stages read (dvc.yaml: the stage and the stages upstream of it), so a sweep
 over PRISM's params, which reruns nothing of SASRec's, gives one SASRec row and not one per experiment.
@@ -63,12 +64,12 @@ class Run:
     name: str
     params: dict[str, Any]
     metrics: dict[str, Any]  # metrics/eval.json (PRISM or TIGER); {} when the run has none
-    is_exp: bool = True  # a DVC experiment (False: the baseline commit itself)
+    is_exp: bool = True  # a DVC experiment (False: the committed params' own metrics)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # every metrics file of the run
 
 
 @dataclass
-class Variant:
+class Row:
     label: str
     diff: dict[str, Any]
     runs: list[Run] = field(default_factory=list)
@@ -176,18 +177,18 @@ def _key(d: dict[str, Any]) -> tuple:
     return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in d.items()))
 
 
-def reference_variants(base: dict[str, Any], runs: list[Run], dvc: dict, ignore: tuple[str, ...] = ("seed",),
-                       split: str = "test") -> list[Variant]:
+def reference_rows(base: dict[str, Any], runs: list[Run], dvc: dict, ignore: tuple[str, ...] = ("seed",),
+                       split: str = "test") -> list[Row]:
     """SASRec (metrics/baseline.json) and popularity (metrics/eval.json's, else baseline.json's,
     `<split>_popularity_baseline`) rows. Runs that agree on every param the model's stage and its upstream
     read in `dvc` (dvc.yaml; seed included) are one result, counted once."""
-    out: list[Variant] = []
+    out: list[Row] = []
     sources = {"SASRec": lambda r: r.files.get(BASELINE_FILE),
                "popularity": lambda r: _popularity(r, split)}
     for model, get in sources.items():
         rel = dag.param_keys(dvc, REFERENCE_STAGES[model])
         seen: set[tuple] = set()
-        variants: dict[tuple, Variant] = {}
+        rows: dict[tuple, Row] = {}
         for r in runs:
             m = get(r)
             if not m:
@@ -199,13 +200,13 @@ def reference_variants(base: dict[str, Any], runs: list[Run], dvc: dict, ignore:
             seen.add(ident)
             diff = {k: v for k, v in mine.items() if k not in ignore and base.get(k) != v}
             key = _key(diff)
-            if key not in variants:
+            if key not in rows:
                 notes = [_kv(diff)] if diff else []
                 if model == "SASRec" and (h := sasrec_history(r.params)) != r.params.get("preprocess.max_seq_len"):
                     notes.insert(0, f"history {h}")  # SASRec reads longer histories than PRISM's: say so
-                variants[key] = Variant(model + (f" ({', '.join(notes)})" if notes else ""), diff)
-            variants[key].runs.append(Run(r.name, r.params, m, r.is_exp))
-        out.extend(sorted(variants.values(), key=lambda v: (len(v.diff), v.label)))
+                rows[key] = Row(model + (f" ({', '.join(notes)})" if notes else ""), diff)
+            rows[key].runs.append(Run(r.name, r.params, m, r.is_exp))
+        out.extend(sorted(rows.values(), key=lambda v: (len(v.diff), v.label)))
     return out
 
 
@@ -223,20 +224,20 @@ def _popularity(r: Run, split: str) -> dict | None:
     return None
 
 
-def group(base: dict[str, Any], runs: list[Run], ignore: tuple[str, ...] = ("seed",)) -> list[Variant]:
-    """Runs grouped into variants by the params that differ from the baseline commit's (`seed` aside),
+def group(base: dict[str, Any], runs: list[Run], ignore: tuple[str, ...] = ("seed",)) -> list[Row]:
+    """Runs grouped into rows by the params that differ from the committed params (`seed` aside),
     each labelled by exactly those params (or its variant's name, pipeline/variants.py). Only when the
     commit itself has no run in the table are the settings every experiment shares stated once under
     it and left out of the labels (the row with none left is named by its variant, else "sweep default")."""
-    variants_: dict[tuple, Variant] = {}
+    rows_: dict[tuple, Row] = {}
     for r in runs:
         diff = {k: v for k, v in r.params.items() if k not in ignore and base.get(k) != v}
         diff.update({k: None for k in base if k not in r.params and k not in ignore})
         key = _key(diff)
-        if key not in variants_:
-            variants_[key] = Variant(label(diff, base), diff)
-        variants_[key].runs.append(r)
-    exps = [v for v in variants_.values() if any(r.is_exp for r in v.runs)]
+        if key not in rows_:
+            rows_[key] = Row(label(diff, base), diff)
+        rows_[key].runs.append(r)
+    exps = [v for v in rows_.values() if any(r.is_exp for r in v.runs)]
     if exps and not any(not r.is_exp for r in runs):
         common = {k: val for k, val in exps[0].diff.items()
                   if all(k in v.diff and v.diff[k] == val for v in exps[1:])}
@@ -245,7 +246,7 @@ def group(base: dict[str, Any], runs: list[Run], ignore: tuple[str, ...] = ("see
                 v.diff = {k: val for k, val in v.diff.items() if k not in common}
                 v.label = label(v.diff, {**base, **common}) if v.diff else _name({**base, **common})
                 v.common = common
-    return sorted(variants_.values(), key=lambda v: (bool(v.common), len(v.diff), v.label))
+    return sorted(rows_.values(), key=lambda v: (bool(v.common), len(v.diff), v.label))
 
 
 def label(diff: dict[str, Any], base: dict[str, Any] | None = None) -> str:
@@ -276,7 +277,7 @@ def _kv(d: dict[str, Any]) -> str:
 SETUP_KEYS = ("dataset", "raw_dir", "download", "device", "embed_model")
 
 
-def paper_row(v: Variant, base: dict[str, Any]) -> dict | None:
+def paper_row(v: Row, base: dict[str, Any]) -> dict | None:
     """The paper's figure for a row: by its variant (PRISM, TIGER) or PRISM with one switch off (Table 4),
     when nothing else differs from the commit but where the data is (`SETUP_KEYS`)."""
     params = {**base, **v.runs[0].params}
@@ -331,9 +332,9 @@ def _detail(runs: list[Run], file: str, key: str) -> str:
     return mean_sd(vals, nd)
 
 
-def table(base: dict[str, Any], variants: list[Variant], split: str = "test",
-          references: list[Variant] = (), details: bool = False) -> str:
-    """PRISM's variants, then the reference models' rows (`reference_variants`), each followed by the
+def table(base: dict[str, Any], rows: list[Row], split: str = "test",
+          references: list[Row] = (), details: bool = False) -> str:
+    """PRISM's rows, then the reference models' rows (`reference_rows`), each followed by the
     published figures for its dataset when known (test split only). `details`: also each row's training
     and serving facts (`DETAILS`) from its runs' other metrics files. The one results table of the project:
     `prism report` over DVC experiments or run folders, the GPU run and the Beauty benchmark."""
@@ -341,7 +342,7 @@ def table(base: dict[str, Any], variants: list[Variant], split: str = "test",
     lines = [f"| variant | seeds | {' | '.join(HEAD + tuple(h for h, _, _ in extra))} |",
              "|---|---|" + "---|" * (len(HEAD) + len(extra))]
     pad = " |" * len(extra)
-    for v in [*variants, *references]:
+    for v in [*rows, *references]:
         seeds = sorted({r.params.get("seed") for r in v.runs}, key=str)
         vals = [mean_sd([float(r.metrics[split][m]) for r in v.runs if m in r.metrics.get(split, {})])
                 for m in METRICS] + [_detail(v.runs, f, k) for _, f, k in extra]
@@ -354,16 +355,16 @@ def table(base: dict[str, Any], variants: list[Variant], split: str = "test",
         if ref and split == "test":
             lines.append(f"| ↳ {ref[0]} | | " + " | ".join(f"{ref[1][m]:.4f}" if m in ref[1] else "–" for m in METRICS)
                          + f" |{pad}")
-    common = next((v.common for v in variants if v.common), None)
+    common = next((v.common for v in rows if v.common), None)
     if common:
         mine = presets.variant_of({**base, **common})
         if mine and mine != presets.variant_of(base):  # the switches of a variant: named by it
             common = {"variant": mine, **{k: v for k, v in common.items() if k not in presets.SWITCHES}}
         lines.append(f"\nAll experiments also set: {_kv(common)}; the rows name what else they change.")
-    committed = next((r for v in variants for r in v.runs if not r.is_exp), None)
+    committed = next((r for v in rows for r in v.runs if not r.is_exp), None)
     if committed is not None:
         where = ", ".join(str(committed.metrics[k]) for k in ("device", "amp_reason") if committed.metrics.get(k))
-        row = next(v.label for v in variants if committed in v.runs)
+        row = next(v.label for v in rows if committed in v.runs)
         lines.append(f"\n\"{row}\" is the committed metrics of {committed.name} ({EVAL_FILE}"
                      + (f": {where}" if where else "") + "), made where that commit was made, possibly on another "
                      "machine or CPU class; `dvc exp run` with no change gives this machine's figure.")
@@ -372,15 +373,15 @@ def table(base: dict[str, Any], variants: list[Variant], split: str = "test",
 
 def report(base: dict[str, Any], runs: list[Run], dvc: dict, split: str = "test", details: bool = False
            ) -> tuple[str, str]:
-    """The results table of `runs` (those with metrics/eval.json as PRISM's variants, then the reference
+    """The results table of `runs` (those with metrics/eval.json as PRISM's rows, then the reference
     models' rows) and a one-line account of it. Settings every experiment shares (stated once under the
     table) are left out of the reference rows' labels too."""
-    variants = group(base, [r for r in runs if r.metrics])
-    common = next((v.common for v in variants if v.common), {})
-    refs = reference_variants({**base, **common}, runs, dvc, split=split)
-    said = (f"report: {sum(len(v.runs) for v in variants)} runs in {len(variants)} variants, {len(refs)} "
+    rows = group(base, [r for r in runs if r.metrics])
+    common = next((v.common for v in rows if v.common), {})
+    refs = reference_rows({**base, **common}, runs, dvc, split=split)
+    said = (f"report: {sum(len(v.runs) for v in rows)} runs in {len(rows)} rows, {len(refs)} "
             f"reference rows ({split})")
-    return table(base, variants, split, refs, details), said
+    return table(base, rows, split, refs, details), said
 
 
 def exp_show_json(repo: Path = Path(".")) -> list:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipeline.utils import ParamError
+from pipeline.choices import DATASETS, HSA_READINGS, SWITCHES, TOKENIZERS
 from pipeline.variants import VARIANTS
 
 
@@ -92,7 +93,7 @@ TEXT_FIELDS = ("title", "brand", "categories", "price", "salesRank", "descriptio
 
 SPEC: dict[str, Rule] = {
     "seed": Int(0, 2**32 - 1),
-    "dataset": Choice("synthetic", "beauty", "sports", "toys", "cds"),
+    "dataset": Choice(*DATASETS),
     "raw_dir": TEXT,
     "download": BOOL,
     "device": Rule(lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or
@@ -114,8 +115,8 @@ SPEC: dict[str, Rule] = {
     "alpha": NONNEG,
     "d_moe": POS,
     "variant": Choice(*VARIANTS),
-    "tokenizer": Choice("auto", "prism", "rqvae", "rqkmeans"),
-    **{k: Either(AUTO, BOOL) for k in ("acd", "hsa", "dhr", "dsi", "ssa", "ats", "dt")},
+    "tokenizer": Choice("auto", *TOKENIZERS),
+    **{k: Either(AUTO, BOOL) for k in SWITCHES[1:]},
     "decode_norm": Choice("renorm", "full"),
     "synthetic.size": Choice("tiny", "small", "cds"),
     "synthetic.max_epochs": POS,
@@ -150,7 +151,7 @@ SPEC: dict[str, Rule] = {
     "quantize.acd_variance": Choice("item", "batch"),
     "quantize.acd_margin": Choice("relative", "popularity", "absolute"),
     "quantize.dhr_target_sg": BOOL,
-    "quantize.hsa_grad": Choice("codebook", "soft", "encoder", "cell", "official"),
+    "quantize.hsa_reading": Choice(*HSA_READINGS),
     "quantize.hsa_cls": Choice("probe", "encoder"),
     "quantize.hsa_usage": NONNEG,
     "dedup.keep": Choice("closest", "first"),

@@ -18,9 +18,8 @@ from typing import Any
 
 from pipeline.utils import ParamError
 
-QUANTIZER_SWITCHES = ("acd", "hsa", "dhr")
-RECOMMENDER_SWITCHES = ("dsi", "ssa", "ats", "dt")
-SWITCHES = ("tokenizer", *QUANTIZER_SWITCHES, *RECOMMENDER_SWITCHES)
+from pipeline.choices import QUANTIZER_SWITCHES, RECOMMENDER_SWITCHES, SWITCHES  # noqa: F401 (re-exported)
+
 AUTO = "auto"
 
 

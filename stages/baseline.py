@@ -58,10 +58,7 @@ def baseline_cmd(
     max_epochs = p[f"{b}.max_epochs"]
     if p["dataset"] == "synthetic":
         max_epochs = min(max_epochs, p["synthetic.baseline_epochs"])
-    cfg = SASRecConfig(n_items=n_items, max_len=max_len, d_model=p[f"{b}.d_model"], layers=p[f"{b}.layers"],
-                       heads=p[f"{b}.heads"], dropout=p[f"{b}.dropout"], lr=p[f"{b}.lr"],
-                       weight_decay=p[f"{b}.weight_decay"], batch_size=p[f"{b}.batch_size"], max_epochs=max_epochs,
-                       patience=p[f"{b}.patience"])
+    cfg = SASRecConfig.from_params(p, n_items=n_items, max_len=max_len, max_epochs=max_epochs)
     train = Windows.from_train(train_df, max_len, 0)
     valid, test = SeqData.from_heldout(valid_df, max_len), SeqData.from_heldout(test_df, max_len)
     model = SASRec(cfg).to(device)

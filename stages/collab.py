@@ -24,7 +24,7 @@ def collab_cmd(
 ):
     """Collaborative embeddings (e_collab): LightGCN on the train split, early-stopped on valid."""
     p = params(params_file, set_)
-    cfg = CollabConfig(**{k: p[f"collab.{k}"] for k in CollabConfig.__dataclass_fields__})
+    cfg = CollabConfig.from_params(p)
     device = resolve_device(p["device"])
     rng = seed_everything(p["seed"], device, p["recommender.deterministic"])
     n_items = len(pd.read_parquet(data / "items.parquet", columns=["item"]))

@@ -27,7 +27,7 @@ def dedup_cmd(
 ):
     """Sinkhorn collision dedup: unique L-token semantic IDs, their q_l vectors and the prefix trie."""
     p = params(params_file, set_)
-    cfg = DedupConfig(**{k: p[f"dedup.{k}"] for k in DedupConfig.__dataclass_fields__})
+    cfg = DedupConfig.from_params(p)
     items = pd.read_parquet(data / "items.parquet", columns=["item", "asin"])
     codes, z = np.load(quantizer / "codes.npy"), np.load(quantizer / "z.npy")
     codebooks = np.load(quantizer / "codebooks.npy")

@@ -27,11 +27,7 @@ def preprocess_cmd(
         reviews, meta = generate(raw_dir / "synthetic", synthetic_size, seed)
     else:
         reviews, meta = ensure_raw(raw_dir, dataset, allow_download=allow_download)
-    cfg = PreprocessConfig(
-        kcore=p["preprocess.kcore"], max_seq_len=p["preprocess.max_seq_len"], levels=p["levels"],
-        tie_break=p["preprocess.tie_break"], popularity_transform=p["preprocess.popularity_transform"],
-        text_fields=tuple(p["preprocess.text_fields"]), bad_records=p["preprocess.bad_records"],
-    )
+    cfg = PreprocessConfig.from_params(p)
     res = preprocess(reviews, meta, cfg)
     for name in ("items", "tags", "train", "valid", "test"):
         write_parquet(out / f"{name}.parquet", getattr(res, name))

@@ -16,19 +16,6 @@ from pipeline.utils import atomic_path, deterministic_kernels, write_json, resol
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
 
 
-def quantizer_config(p) -> QuantizerConfig:
-    q = "quantize"
-    return QuantizerConfig(
-        levels=p["levels"], codebook_size=p["codebook_size"], d_cb=p["d_cb"],
-        hidden=tuple(p[f"{q}.hidden"]), dropout=p[f"{q}.dropout"],
-        beta=p["beta"], lambda1=p["lambda1"], lambda2=p["lambda2"], delta=p["delta"], tau_hsa=p["tau_hsa"],
-        acd=p["acd"], hsa=p["hsa"], dhr=p["dhr"],
-        acd_variance=p[f"{q}.acd_variance"], acd_margin=p[f"{q}.acd_margin"], dhr_target_sg=p[f"{q}.dhr_target_sg"],
-        hsa_grad=p[f"{q}.hsa_grad"], hsa_cls=p[f"{q}.hsa_cls"], hsa_usage=p[f"{q}.hsa_usage"],
-        ema_decay=p[f"{q}.ema_decay"], restart_dead=p[f"{q}.restart_dead"],
-    )
-
-
 @stage
 def quantize_cmd(
     params_file: Path = PARAMS_OPT,
@@ -42,8 +29,8 @@ def quantize_cmd(
 ):
     """Train the tokenizer (PRISM quantizer, RQ-VAE or RQ-KMeans): codes, latents z, vectors q_l."""
     p = params(params_file, set_)
-    qcfg = quantizer_config(p)
-    tcfg = TrainConfig(**{k: p[f"quantize.{k}"] for k in TrainConfig.__dataclass_fields__})
+    qcfg = QuantizerConfig.from_params(p)
+    tcfg = TrainConfig.from_params(p)
     tokenizer, seed = p["tokenizer"], p["seed"]
     device = resolve_device(p["device"])
     seed_everything(seed, device, p["recommender.deterministic"])

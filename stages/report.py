@@ -31,8 +31,8 @@ def report_cmd(
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="with --dir: the baseline params"),
     details: bool = typer.Option(False, "--details", help="also each row's epochs, training time and speed"),
 ):
-    """Markdown results table over DVC experiments (or run folders): variants (params that differ from the
-    baseline commit, seed aside) as rows, Recall/NDCG@{5,10,20} as mean ± sd over seeds, the paper's figures
+    """Markdown results table over DVC experiments (or run folders): one row per set of params that differ
+    from the committed params (seed aside), Recall/NDCG@{5,10,20} as mean ± sd over seeds, the paper's figures
     when known; then SASRec (stage baseline) and popularity rows from the same runs."""
     if split not in ("test", "valid"):
         raise ParamError(f"--split must be 'test' or 'valid', got '{split}'")

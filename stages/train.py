@@ -77,9 +77,7 @@ def _train(p, device, data, features, collab, sid, out, ckpt, metrics, curve):
     run = produced_by(p, ids)
     a = load_assets(data, features, collab, sid)
     cfg = model_config(p, a)
-    fcfg = FitConfig(**{k: p[f"recommender.{k}"] for k in FitConfig.__dataclass_fields__
-                        if k not in ("decode_norm", "decode_amp")},
-                     decode_norm=p["decode_norm"], decode_amp=p["evaluate.amp"])  # validation ranks as `evaluate`
+    fcfg = FitConfig.from_params(p, decode_amp=p["evaluate.amp"])  # validation ranks as `evaluate`
     if p["dataset"] == "synthetic" and p["synthetic.max_epochs"] < fcfg.max_epochs:
         # the embedded default must run in minutes on a CPU; real datasets get the paper's epochs
         log.info("train: synthetic data: max_epochs capped at synthetic.max_epochs = %d", p["synthetic.max_epochs"])

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import legacy_model
+from pipeline.recommender import cpu_speed
 from pipeline.recommender import model as fused
+from pipeline.recommender.legacy import legacy_state_dict
 from pipeline.recommender.seqdata import SeqData, Windows
 from test_recommender import world  # noqa: F401  (the module-scoped fixture)
 from test_recommender import small_cfg
@@ -77,14 +79,14 @@ def test_fused_modules_compute_the_legacy_loss_and_gradients(world, monkeypatch,
     else:  # dropout > 0 takes the written-out CPU attention; the masks themselves made the identity
         kw["dropout"] = 0.1
         monkeypatch.setattr(legacy_model, "dropout", lambda x, p, training: x)
-        monkeypatch.setattr(fused, "dropout", lambda x, p, training: x)
+        monkeypatch.setattr(cpu_speed, "dropout", lambda x, p, training: x)
     old, new = pair(world, **kw)
     batch = batch_of(world, encoder == "causal")
     lo, po, go = run(old, batch)
     ln, pn, gn = run(new, batch)
     assert ln == pytest.approx(lo, rel=1e-5, abs=1e-5)
     assert pn.keys() == po.keys() and all(pn[k] == pytest.approx(po[k], rel=1e-5, abs=1e-5) for k in po)
-    mapped = fused.legacy_state_dict(go)  # the legacy gradients in the new layout
+    mapped = legacy_state_dict(go)  # the legacy gradients in the new layout
     assert mapped.keys() == gn.keys()
     for k, g in gn.items():
         assert g is not None and mapped[k] is not None, k

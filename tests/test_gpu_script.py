@@ -100,11 +100,11 @@ def test_table3_script_smoke(smoke_inputs, tmp_path):
            "PYTHON": sys.executable}
     out = tmp_path / "t3"
     r = subprocess.run(["bash", "bench/gpu/table3.sh", str(smoke_inputs), str(out), "--smoke", "--seeds", "1,2",
-                        "--variants", "prism,no_hsa,rqkmeans,nocat_prism", "--jobs", "2"],
+                        "--rows", "prism,no_hsa,rqkmeans,nocat_prism", "--jobs", "2"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((out / "table3.json").read_text())
-    runs = {(x["variant"], x["seed"]): x for x in res["runs"]}
+    runs = {(x["row"], x["seed"]): x for x in res["runs"]}
     assert set(runs) == {(v, s) for v in ("prism", "no_hsa", "rqkmeans") for s in (1, 2)}  # nocat: no input
     assert "nocat_prism: skipped" in r.stderr
     for (v, s), x in runs.items():

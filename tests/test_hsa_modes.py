@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.tokenizer.quantizer import (HSA_MODES, PurifiedSemanticQuantizer, QuantizerConfig, hsa_loss_cell,
+from pipeline.tokenizer.quantizer import (HSA_READINGS, PurifiedSemanticQuantizer, QuantizerConfig, hsa_loss_cell,
                                           usage_guard)
 from pipeline.tokenizer.sid_metrics import nmi, perplexity
 from pipeline.tokenizer.train import TrainConfig, make_inputs, make_optimizer, train_quantizer
@@ -63,7 +63,7 @@ def _batch(n=48, seed=0):
 def _model(mode: str, **kw):
     torch.manual_seed(0)
     batch, embs = _batch()
-    model = PurifiedSemanticQuantizer(QuantizerConfig(**SMALL, hsa_grad=mode, **kw), 24, 8, 24, [3, 5, 7])
+    model = PurifiedSemanticQuantizer(QuantizerConfig(**SMALL, hsa_reading=mode, **kw), 24, 8, 24, [3, 5, 7])
     model.rq.init_kmeans(model.encode(batch["e_cont"], batch["e_collab"])[0].detach(), seed=0)
     out = model(batch)
     if mode == "soft":
@@ -106,7 +106,7 @@ def test_official_reading_reaches_the_encoder_through_level_one_only():
     assert after != pytest.approx(before) and g1 == g2
 
 
-@pytest.mark.parametrize("mode", HSA_MODES)
+@pytest.mark.parametrize("mode", HSA_READINGS)
 def test_every_parameter_that_gets_a_gradient_is_in_the_optimizer(mode):
     """The released code creates its anchor projections after the optimizer: their gradients are computed
     and never applied. Here every parameter with a non-zero gradient of the full loss (Eq. 9) is one the
@@ -147,7 +147,7 @@ def test_cell_hsa_puts_the_tags_into_level_one_without_collapsing_it():
         res = {}
         for hsa in (False, True):
             torch.manual_seed(seed)
-            cfg = QuantizerConfig(codebook_size=32, d_cb=8, hidden=(64, 32), hsa=hsa, hsa_grad="cell")
+            cfg = QuantizerConfig(codebook_size=32, d_cb=8, hidden=(64, 32), hsa=hsa, hsa_reading="cell")
             out = train_quantizer(data, cfg, TrainConfig(epochs=40, batch_size=128, patience=100), "cpu", seed)
             c1 = out.codes[:, 0]
             res[hsa] = (_corrected_nmi(c1, tags[:, 0], seed), perplexity(c1, 32))

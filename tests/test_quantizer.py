@@ -66,7 +66,7 @@ def _loss_parts(cfg: QuantizerConfig):
     model.rq.init_kmeans(model.encode(batch["e_cont"], batch["e_collab"])[0].detach(), seed=0)
     model.eval()
     out = model(batch)
-    if cfg.hsa and cfg.hsa_grad == "soft":
+    if cfg.hsa and cfg.hsa_reading == "soft":
         model.refit_anchors(anchors, batch["tags"], out["residuals"].detach())
     total, parts = model.loss(batch, out, anchors)
     return model, out, total, parts
@@ -75,10 +75,10 @@ def _loss_parts(cfg: QuantizerConfig):
 SMALL = dict(codebook_size=8, d_cb=4, hidden=(16,))
 
 
-@pytest.mark.parametrize("hsa_grad", ["codebook", "soft"])
-def test_full_loss_is_eq9(hsa_grad):
+@pytest.mark.parametrize("hsa_reading", ["codebook", "soft"])
+def test_full_loss_is_eq9(hsa_reading):
     """Every term recomputed here from the model's pieces and the batch, not from the parts it reports."""
-    cfg = QuantizerConfig(**SMALL, hsa_grad=hsa_grad)
+    cfg = QuantizerConfig(**SMALL, hsa_reading=hsa_reading)
     model, out, total, parts = _loss_parts(cfg)
     assert set(parts) == {"rec_cont", "rec_collab", "commit", "acd", "hsa", "total", "trainable"}
     assert torch.equal(parts["trainable"], total)  # no value-only term in these readings
@@ -99,7 +99,7 @@ def test_full_loss_is_eq9(hsa_grad):
         gbar = g.mean(1)
         acd = ((gbar - batch["popularity"]).pow(2)
                + torch.relu(4 * 0.1 * gbar * (1 - gbar) - g.var(1, unbiased=False))).mean()  # Eq. 4, relative
-        hsa = (_hsa_by_hand(model, out["residuals"], batch["tags"], cfg.tau_hsa) if hsa_grad == "soft" else
+        hsa = (_hsa_by_hand(model, out["residuals"], batch["tags"], cfg.tau_hsa) if hsa_reading == "soft" else
                _hsa_codebook_by_hand(model, out["codes"], batch["tags"], tag_embs, cfg.tau_hsa))
     assert torch.allclose(z, out["z"], atol=1e-6) and torch.allclose(z_q, out["z_q"], atol=1e-6)
     for name, mine in (("commit", commit), ("acd", acd), ("hsa", hsa)):
@@ -282,7 +282,7 @@ def test_a_growing_value_only_term_cannot_stop_training(synthetic_inputs, monkey
             return ce, ce.new_tensor(growth * calls[0])
         monkeypatch.setattr(qz, "hsa_loss_official", patched)
         torch.manual_seed(0)
-        cfg = QuantizerConfig(codebook_size=32, d_cb=8, hidden=(64, 32), hsa_grad="official")
+        cfg = QuantizerConfig(codebook_size=32, d_cb=8, hidden=(64, 32), hsa_reading="official")
         return train_quantizer(synthetic_inputs, cfg, TrainConfig(epochs=40, batch_size=64, patience=3), "cpu", 0)
 
     flat, growing = runs(0.0), runs(1000.0)

@@ -38,14 +38,14 @@ def test_acd_relative_margin_by_hand():
 
 
 def test_unknown_settings_are_errors():
-    with pytest.raises(ParamError, match="hsa_grad"):
-        QuantizerConfig(hsa_grad="encoderr")
+    with pytest.raises(ParamError, match="hsa_reading"):
+        QuantizerConfig(hsa_reading="encoderr")
     with pytest.raises(ParamError, match="acd_margin"):
         QuantizerConfig(acd_margin="abs")
     with pytest.raises(ParamError, match="hsa_cls"):
         QuantizerConfig(hsa_cls="yes")
-    with pytest.raises(ParamError, match="hsa_grad"):
-        QuantizerConfig(hsa_grad="Cell")
+    with pytest.raises(ParamError, match="hsa_reading"):
+        QuantizerConfig(hsa_reading="Cell")
     with pytest.raises(ParamError, match="acd_margin"):
         QuantizerConfig(acd_margin="pop")
 
@@ -106,7 +106,7 @@ def test_soft_hsa_moves_items_towards_their_anchor_and_reaches_the_encoder():
     assert hsa_loss_soft(anchor, cb, r4, torch.tensor([[-1]]), cls, tau=0.5) == 0
 
 
-def test_hsa_gradient_reaches_the_encoder_only_in_the_soft_reading():
+def test_hsa_readingient_reaches_the_encoder_only_in_the_soft_reading():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     n = 64
@@ -114,7 +114,7 @@ def test_hsa_gradient_reaches_the_encoder_only_in_the_soft_reading():
              "popularity": torch.rand(n, generator=g),
              "tags": torch.stack([torch.randint(0, t, (n,), generator=g) for t in (3, 5, 7)], 1)}
     tag_embs = [torch.randn(t, 24, generator=g) for t in (3, 5, 7)]
-    model = PurifiedSemanticQuantizer(QuantizerConfig(**SMALL, hsa_grad="soft"), 24, 8, 24, [3, 5, 7])
+    model = PurifiedSemanticQuantizer(QuantizerConfig(**SMALL, hsa_reading="soft"), 24, 8, 24, [3, 5, 7])
     model.rq.init_kmeans(model.encode(batch["e_cont"], batch["e_collab"])[0].detach(), seed=0)
     out = model(batch)
     model.refit_anchors(tag_embs, batch["tags"], out["residuals"].detach())
@@ -122,7 +122,7 @@ def test_hsa_gradient_reaches_the_encoder_only_in_the_soft_reading():
     assert model.encoder[0].weight.grad.abs().sum() > 0
     assert model.rq.codebooks.grad is None  # codebooks follow by EMA only
     # the codebook reading (default): HSA moves codebook rows and projections, never the encoder
-    cb_model = PurifiedSemanticQuantizer(QuantizerConfig(**SMALL, hsa_grad="codebook"), 24, 8, 24, [3, 5, 7])
+    cb_model = PurifiedSemanticQuantizer(QuantizerConfig(**SMALL, hsa_reading="codebook"), 24, 8, 24, [3, 5, 7])
     cb_model.rq.init_kmeans(cb_model.encode(batch["e_cont"], batch["e_collab"])[0].detach(), seed=0)
     cb_model.hsa_term(batch, cb_model(batch), tag_embs).backward()
     assert cb_model.encoder[0].weight.grad is None and cb_model.rq.codebooks.grad.abs().sum() > 0

@@ -578,7 +578,7 @@ def test_valid_users_auto_is_all_on_cuda_and_a_subset_on_cpu():
 
 
 def test_cpu_dropout_is_inverted_dropout_reproducible_from_torch_seed():
-    from pipeline.recommender.model import dropout
+    from pipeline.recommender.cpu_speed import dropout
     x = torch.ones(200_000)
     torch.manual_seed(3)
     a = dropout(x, 0.1, True)
@@ -599,12 +599,13 @@ def test_cpu_dropout_is_inverted_dropout_reproducible_from_torch_seed():
 def test_cpu_training_attention_is_sdpa_written_out(world, monkeypatch):
     """On CPU, training-mode attention is computed by hand (for the cheaper dropout mask): with the
     dropout made the identity it must equal SDPA (eval mode), padding and causal masks included."""
+    import pipeline.recommender.cpu_speed as fast
     import pipeline.recommender.model as m
     torch.manual_seed(0)
     att = m.Attention(small_cfg())
     q, k, v = (torch.randn(3, 2, 5, 16) for _ in range(3))
     pad = torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [True] + [False] * 4])[:, None, None, :]
-    monkeypatch.setattr(m, "dropout", lambda x, p, training: x)
+    monkeypatch.setattr(fast, "dropout", lambda x, p, training: x)
     bias = torch.randn(3, 2, 5, 5)  # a float mask is an additive bias (the causal recency bias)
     for mask, causal in ((None, False), (pad, False), (None, True), (bias, False)):
         att.train()

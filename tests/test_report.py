@@ -179,7 +179,7 @@ def test_report_from_a_real_dvc_queue_of_two_seeds_and_two_variants(tmp_path, mo
     res = CliRunner().invoke(app, ["report", "--out", "table.md"])
     assert res.exit_code == 0, res.output
     # the baseline commit's own run (seed 42) is a run of the default variant too
-    assert "5 runs in 2 variants" in res.output
+    assert "5 runs in 2 rows" in res.output
     rows = {ln.split(" | ")[0].strip("| "): ln.split(" | ") for ln in (tmp_path / "table.md").read_text().splitlines()}
     # R@10 = x: seeds 1, 2, 42 -> 0.051, 0.052, 0.052 (mean 0.0517, sd 0.0006); hsa=false (seeds 1, 2) 0.01 lower
     assert rows["committed params"][1] == "3 (1, 2, 42)" and rows["committed params"][3] == "0.0517 ± 0.0006"  # no tokenizer param: no variant names it
@@ -194,7 +194,7 @@ def test_sasrec_and_popularity_rows_counted_once_per_result_of_their_own_stages(
     import yaml
 
     from pipeline.dag import param_keys
-    from pipeline.report import all_runs_from_exp_show, reference_variants
+    from pipeline.report import all_runs_from_exp_show, reference_rows
 
     dvc = {"stages": {
         "preprocess": {"cmd": "p", "params": ["seed", "dataset", "preprocess"], "outs": ["data/processed"]},
@@ -217,7 +217,7 @@ def test_sasrec_and_popularity_rows_counted_once_per_result_of_their_own_stages(
     exps = [exp("a1", 1, 0.070), exp("a2", 2, 0.072), exp("b1", 1, 0.064, hsa=False), exp("b2", 2, 0.066, hsa=False),
             exp("c1", 1, 0.070, dim=128)]
     b, runs = all_runs_from_exp_show([_state("abc1234def", base, None, "main", exps)])
-    refs = reference_variants(b, runs, dvc)
+    refs = reference_rows(b, runs, dvc)
     assert [(v.label, [r.params["seed"] for r in v.runs]) for v in refs] == [
         ("SASRec", [1, 2]), ("SASRec (baseline.d_model=128)", [1]), ("popularity", [1, 2])]
     text = table(b, group(b, [r for r in runs if r.metrics]), "test", refs)
@@ -298,7 +298,7 @@ def test_report_of_run_folders_with_details(tmp_path):
 def test_sasrec_rows_say_their_history_length_when_it_is_not_prisms():
     """Issue 31 C.2: SASRec reading 50 items beside PRISM's 20 is labelled "SASRec (history 50)"; with
     `baseline.max_len: auto` (PRISM's length) the label says nothing of it."""
-    from pipeline.report import all_runs_from_exp_show, reference_variants
+    from pipeline.report import all_runs_from_exp_show, reference_rows
 
     dvc = {"stages": {
         "preprocess": {"cmd": "p", "params": ["seed", "dataset", "preprocess"], "outs": ["data/processed"]},
@@ -315,5 +315,5 @@ def test_sasrec_rows_say_their_history_length_when_it_is_not_prisms():
 
     base = {**BASE, "preprocess": {"max_seq_len": 20}, "baseline": {"d_model": 64, "max_len": 50}}
     b, runs = all_runs_from_exp_show([_state("abc1234def", base, None, "main", [exp("l50", 50), exp("auto", "auto")])])
-    labels = sorted(v.label for v in reference_variants(b, runs, dvc) if v.label.startswith("SASRec"))
+    labels = sorted(v.label for v in reference_rows(b, runs, dvc) if v.label.startswith("SASRec"))
     assert labels == ["SASRec (baseline.max_len=auto)", "SASRec (history 50)"]

@@ -25,6 +25,7 @@ from pipeline.metrics import recall_ndcg, target_ranks
 from pipeline.progress import progress
 from pipeline.recommender.seqdata import SeqData, Windows, window_batches
 from pipeline.utils import ParamError, log, resume_from, write_torch
+from pipeline.config import from_params
 
 KS = (5, 10, 20)
 
@@ -43,6 +44,11 @@ class SASRecConfig:
     max_epochs: int = 200
     patience: int = 10  # validations without a better valid NDCG@20
     eval_batch: int = 1024
+
+    @classmethod
+    def from_params(cls, p, **given) -> "SASRecConfig":
+        """From params: each field is `given`, else `baseline.<field>`, else the top-level `<field>`."""
+        return from_params(cls, p, "baseline", **given)
 
     def __post_init__(self):
         if self.d_model % self.heads:

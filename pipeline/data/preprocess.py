@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..utils import ParamError, log
+from ..config import from_params
 from .amazon import DataError, read_meta, read_reviews
 
 MISSING_TAG = -1  # depth has no tag (path too short / no categories); masked out of tag losses
@@ -38,6 +39,11 @@ class PreprocessConfig:
     popularity_transform: str = "log1p"  # log1p (official code) | none (min-max of raw counts)
     text_fields: tuple[str, ...] = ("title", "brand", "categories", "price", "salesRank", "description")
     bad_records: str = "error"  # error | skip
+
+    @classmethod
+    def from_params(cls, p, **given) -> "PreprocessConfig":
+        """From params: each field is `given`, else `preprocess.<field>`, else the top-level `<field>`."""
+        return from_params(cls, p, "preprocess", **given)
 
 
 @dataclass

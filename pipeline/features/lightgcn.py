@@ -21,6 +21,7 @@ from torch import nn
 from pipeline.metrics import recall_ndcg, target_ranks
 from pipeline.progress import progress
 from pipeline.utils import log
+from pipeline.config import from_params
 
 
 @dataclass
@@ -34,6 +35,11 @@ class CollabConfig:
     reg: float = 1e-4
     patience: int = 20  # epochs without a better valid Recall@20
     eval_every: int = 5
+
+    @classmethod
+    def from_params(cls, p, **given) -> "CollabConfig":
+        """From params: each field is `given`, else `collab.<field>`, else the top-level `<field>`."""
+        return from_params(cls, p, "collab", **given)
 
 
 @dataclass

@@ -67,16 +67,7 @@ def build_model(cfg: RecConfig, a: Assets) -> PrismRecommender:
 
 def model_config(p, a: Assets) -> RecConfig:
     """RecConfig from params (the keys `train` reads) and the shapes of the assets."""
-    r = "recommender"
-    return RecConfig(
-        levels=a.codes.shape[1], codebook_size=int(a.trie["K"]), n_items=len(a.codes),
-        d_model=p[f"{r}.d_model"], d_ff=p[f"{r}.d_ff"], n_heads=p[f"{r}.n_heads"], d_head=p[f"{r}.d_head"],
-        enc_layers=p[f"{r}.enc_layers"], dec_layers=p[f"{r}.dec_layers"], dropout=p[f"{r}.dropout"],
-        max_len=p["preprocess.max_seq_len"], encoder=p[f"{r}.encoder"],
-        recency_bias=p[f"{r}.recency_bias"], dt=p["dt"], time_buckets=p[f"{r}.time_buckets"],
-        dsi=p["dsi"], d_cont=a.e_cont.shape[1], d_collab=a.e_collab.shape[1], d_cb=a.q.shape[2],
-        d_cont_proj=p[f"{r}.d_cont_proj"], d_collab_proj=p[f"{r}.d_collab_proj"], d_moe=p["d_moe"],
-        n_experts=p[f"{r}.n_experts"], top_k=p[f"{r}.top_k"], eta_init=p[f"{r}.eta_init"],
-        ssa=p["ssa"], gamma=p["gamma"], n_tags=tuple(a.n_tags),
-        ats=p["ats"], tau_min=p["tau_min"], tau_max=p["tau_max"], alpha=p["alpha"], n_ref=p[f"{r}.n_ref"],
-    )
+    return RecConfig.from_params(
+        p, levels=a.codes.shape[1], codebook_size=int(a.trie["K"]), n_items=len(a.codes),
+        max_len=p["preprocess.max_seq_len"], d_cont=a.e_cont.shape[1], d_collab=a.e_collab.shape[1],
+        d_cb=a.q.shape[2], n_tags=tuple(a.n_tags))

@@ -11,23 +11,27 @@ One home per equation:
 - `ssa_loss`              Eq. 15   Semantic Structure Alignment
 - `ats_temperature`       Eq. 16   Adaptive Temperature Scaling
 - `generation_loss`       Eq. 17
+- `PrismRecommender`      Eq. 1    p(y | S_u) = Π_l p(y_l | Q(S_u), y_<l)
 - `PrismRecommender.loss` Eq. 18   L_isr = L_gen + γ L_ssa
 
 Switches (`RecConfig`): `dsi`, `ssa`, `ats`, `dt` each remove exactly their term; all off with the
-plain RQ-VAE tokenizer is TIGER.
+plain RQ-VAE tokenizer is TIGER. CPU-speed helpers (cheaper dropout masks, attention written out) live in
+`cpu_speed.py`, the loading of models saved in the older layout in `legacy.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import from_params
+from pipeline.recommender.cpu_speed import (Dropout, as_bias, attention_written_out, causal_bias,
+                                             written_out_attention)
+from pipeline.recommender.legacy import legacy_layout_hook
 from pipeline.utils import ParamError
 
 
@@ -76,6 +80,11 @@ class RecConfig:
     alpha: float = 0.5
     n_ref: float = 0.0  # 0 -> sqrt(|I|) / 2 (paper §4.1)
 
+    @classmethod
+    def from_params(cls, p, **given) -> "RecConfig":
+        """From params: each field is `given`, else `recommender.<field>`, else the top-level `<field>`. The shapes come from the assets (pipeline/recommender/assets.py model_config)."""
+        return from_params(cls, p, "recommender", **given)
+
     def __post_init__(self):
         if self.encoder not in ("bidirectional", "causal"):
             raise ParamError(f"recommender.encoder must be 'bidirectional' or 'causal', got '{self.encoder}'")
@@ -110,59 +119,6 @@ def ats_temperature(n_children: torch.Tensor, tau_min: float, tau_max: float, al
 
 
 # ------------------------------------------------------------------------- Transformer
-
-
-# the CPU dropout masks' bit generator: None (one seed per mask), True (a `dropout_stream` not yet
-# seeded) or the stream's SFC64
-_STREAM: list = [None]
-
-
-@contextlib.contextmanager
-def dropout_stream():
-    """Inside, every CPU dropout mask is drawn from one SFC64 stream seeded by a single draw of torch's
-    RNG at the first mask (a training step: one draw and one host read instead of one per dropout,
-    ~40; none when nothing drops)."""
-    _STREAM[0] = True
-    try:
-        yield
-    finally:
-        _STREAM[0] = None
-
-
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout (as `F.dropout`). On CPU the keep-mask comes from 16 random bits per element
-    drawn by numpy's SFC64 generator, ~3x cheaper than torch's CPU mask (mt19937, one 32-bit draw
-    per element: dropout was ~20 % of a bidirectional training step on 2 cores), as the scaled mask
-    {0, 1/(1−p)} made by numpy (one multiply in torch). The generator is seeded from torch's RNG (per
-    call, or once per training step inside `dropout_stream`), so runs stay reproducible from `seed` and
-    resume exactly from a checkpoint. p is quantised to 1/65,536. CUDA (fast RNG there) and
-    `torch.compile`d graphs (the host draw would break the graph) use `F.dropout`."""
-    if not training or p <= 0.0:
-        return x
-    if x.device.type != "cpu" or torch.compiler.is_compiling():  # traced graphs use the plain mask
-        return F.dropout(x, p, True)
-    n = x.numel()
-    gen = _STREAM[0]
-    if gen is None or gen is True:
-        gen = np.random.SFC64(int(torch.randint(0, 2 ** 62, (1,)).item()))
-        if _STREAM[0] is True:
-            _STREAM[0] = gen
-    bits = gen.random_raw((n + 3) // 4).view(np.int16)[:n]
-    keep = np.where(bits >= round(p * 65536) - 32768, np.float32(1.0 / (1.0 - p)), np.float32(0.0))
-    return x * torch.from_numpy(keep).view(x.shape).to(x.dtype)
-
-
-class Dropout(nn.Dropout):
-    """`nn.Dropout` with `dropout`'s cheaper CPU mask."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
-
-
-def written_out_attention(training: bool, p: float, x: torch.Tensor) -> bool:
-    """Whether attention is computed written out with `dropout`'s cheaper mask instead of SDPA: CPU
-    training with attention dropout, eager (compiled graphs and CUDA use SDPA)."""
-    return training and p > 0 and x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 class Attention(nn.Module):
@@ -201,15 +157,8 @@ class Attention(nn.Module):
         return k, v
 
     def attend(self, q, k, v, mask=None, causal: bool = False):
-        if written_out_attention(self.training, self.drop, q):
-            # SDPA's attention-probability dropout on CPU draws its mask with torch's slow CPU RNG:
-            # the same computation written out, with `dropout`'s mask
-            s = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-            if causal and mask is None:
-                mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
-            if mask is not None:  # boolean (True = may attend) or an additive float bias, as SDPA's
-                s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.to(s.dtype)
-            y = dropout(torch.softmax(s, dim=-1), self.drop, True) @ v
+        if written_out_attention(self.training, self.drop, q):  # CPU training: SDPA's dropout mask is slow there
+            y = attention_written_out(q, k, v, mask, causal, self.drop)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                                dropout_p=self.drop if self.training else 0.0)
@@ -436,15 +385,10 @@ def batch_mean(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.T
 # ------------------------------------------------------------------------- the model
 
 
-def additive_mask(mask: torch.Tensor) -> torch.Tensor:
-    """A boolean attention mask (True = may attend) as the additive bias SDPA would make of it (0 or
-    −inf); a float mask (already a bias) as it is."""
-    if mask.dtype != torch.bool:
-        return mask
-    return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, float("-inf"))
-
-
 class PrismRecommender(nn.Module):
+    """Eq. 1: p(y | S_u) = Π_l p(y_l | Q(S_u), y_<l): an encoder over the history S_u and a decoder that
+    emits the L tokens of the next item's semantic ID one level at a time (Eq. 10-18 inside)."""
+
     def __init__(self, cfg: RecConfig, item_codes: torch.Tensor, item_q: torch.Tensor, e_cont: torch.Tensor,
                  e_collab: torch.Tensor, item_tags: torch.Tensor, n_children: torch.Tensor):
         """item_codes (N, L) final semantic IDs; item_q (N, L, d_cb) their codebook vectors;
@@ -473,7 +417,7 @@ class PrismRecommender(nn.Module):
         if cfg.ssa:
             self.ssa_head = SSAHead(cfg.d_model, cfg.d_cb, cfg.n_tags or (1,) * L)
         self.apply(self._init)
-        self.register_load_state_dict_pre_hook(_legacy_layout_hook)  # models saved before the fused layout
+        self.register_load_state_dict_pre_hook(legacy_layout_hook)  # models saved before the fused layout
 
     @staticmethod
     def _init(m):
@@ -514,8 +458,7 @@ class PrismRecommender(nn.Module):
             mask = (it[None, :] <= it[:, None])[None, None]  # right padding never precedes a real item
         else:
             mask = ~mem_pad[:, None, None, :]
-        if written_out_attention(self.training, self.cfg.dropout, x):
-            mask = additive_mask(mask)  # once for all layers (the written-out attention adds it)
+        mask = as_bias(self.training, self.cfg.dropout, x, mask)  # once for all layers
         for blk in self.encoder:
             x = blk(x, mask)
         return self.enc_norm(x), mem_pad
@@ -538,10 +481,8 @@ class PrismRecommender(nn.Module):
         x = self.drop(self.embed.tok(self._dec_tokens(prefix)) + self.dec_pos.weight[: t + 1])
         if cross_mask is None:
             cross_mask = self.memory_mask(mem_pad)
-        self_mask = None  # causal
-        if written_out_attention(self.training, self.cfg.dropout, x):  # the masks as additive biases, once for all layers
-            self_mask = additive_mask(torch.ones(t + 1, t + 1, dtype=torch.bool, device=x.device).tril())
-            cross_mask = additive_mask(cross_mask)
+        self_mask = causal_bias(self.training, self.cfg.dropout, x, t + 1)  # None: SDPA's is_causal
+        cross_mask = as_bias(self.training, self.cfg.dropout, x, cross_mask)
         for blk in self.decoder:
             x = blk(x, self_mask, self_mask is None, blk.cross.keys_values(memory), cross_mask)
         return self.dec_norm(x)
@@ -649,42 +590,3 @@ class PrismRecommender(nn.Module):
             total = total + self.cfg.gamma * l_ssa
         parts["total"] = total
         return total, {k: v.detach() for k, v in parts.items()}
-
-
-def legacy_state_dict(sd: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
-    """A state dict of the layout before the fused modules (separate q/kv self-attention projections,
-    per-depth DSI projections, the MoE gate and first layers apart, per-level SSA heads) mapped to
-    today's layout: the same function, the same numbers, rearranged. Keys of today's layout pass through."""
-    sd = dict(sd)
-    for key in [k for k in sd if k.endswith(".att.q.weight") and k.startswith(prefix)]:
-        base = key[: -len("q.weight")]
-        sd[base + "qkv.weight"] = torch.cat([sd.pop(key), sd.pop(base + "kv.weight")], 0)
-    for part in ("cont", "col"):
-        base = f"{prefix}dsi.{part}."
-        if base + "0.0.weight" in sd:
-            n = 1 + max(int(k[len(base):].split(".")[0]) for k in sd if k.startswith(base))
-            sd[base + "proj.weight"] = torch.cat([sd.pop(f"{base}{l}.0.weight") for l in range(n)], 0)
-            sd[base + "proj.bias"] = torch.cat([sd.pop(f"{base}{l}.0.bias") for l in range(n)], 0)
-            sd[base + "ln_weight"] = torch.stack([sd.pop(f"{base}{l}.1.weight") for l in range(n)])
-            sd[base + "ln_bias"] = torch.stack([sd.pop(f"{base}{l}.1.bias") for l in range(n)])
-    moe = f"{prefix}dsi.moe."
-    if moe + "gate.weight" in sd:
-        w1 = sd.pop(moe + "w1")  # (N, d_in, d_moe)
-        n, d_in, m = w1.shape
-        sd[moe + "w_in"] = torch.cat([w1.permute(1, 0, 2).reshape(d_in, n * m), sd.pop(moe + "gate.weight").t()], 1)
-    if f"{prefix}ssa_reg.0.weight" in sd:
-        n = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith(prefix + "ssa_reg."))
-        reg = [(sd.pop(f"{prefix}ssa_reg.{l}.weight"), sd.pop(f"{prefix}ssa_reg.{l}.bias")) for l in range(n)]
-        cls = [(sd.pop(f"{prefix}ssa_cls.{l}.weight"), sd.pop(f"{prefix}ssa_cls.{l}.bias")) for l in range(n)]
-        t = max(w.shape[0] for w, _ in cls)
-        pad = lambda x: F.pad(x, (0, t - x.shape[-1]))  # noqa: E731  (masked columns: zeros)
-        sd[prefix + "ssa_head.weight"] = torch.stack([torch.cat([rw.t(), pad(cw.t())], 1) for (rw, _), (cw, _) in zip(reg, cls)])
-        sd[prefix + "ssa_head.bias"] = torch.stack([torch.cat([rb, pad(cb)]) for (_, rb), (_, cb) in zip(reg, cls)])
-    return sd
-
-
-def _legacy_layout_hook(module, state_dict, prefix, *args) -> None:
-    """load_state_dict pre-hook: older models (and checkpoints) load into the fused layout."""
-    new = legacy_state_dict(state_dict, prefix)
-    state_dict.clear()
-    state_dict.update(new)

@@ -33,9 +33,10 @@ from pipeline.amp import AmpChoice, autocast, resolve_amp, resolve_decode_amp
 from pipeline.progress import progress as progress_bar
 from pipeline.recommender.beam import TrieIndex
 from pipeline.recommender.evaluate import evaluate_split
-from pipeline.recommender.model import dropout_stream
+from pipeline.recommender.cpu_speed import dropout_stream
 from pipeline.recommender.seqdata import DeviceSamples, SeqData, Windows
 from pipeline.utils import ParamError, load_torch, log, resolve_deterministic, resume_from, write_torch
+from pipeline.config import from_params
 
 
 def clock() -> float:
@@ -64,6 +65,11 @@ class FitConfig:
     compile: bool | str = "auto"  # torch.compile the loss: auto | off | default | reduce-overhead (CUDA graphs); resolve_compile
     length_buckets: str | list = "auto"  # fixed-shape batches' history lengths: auto | [] (each its longest) | [5, 10, 20]
     deterministic: bool | str = "auto"  # deterministic kernels: auto (CPU on, CUDA off) | true | false
+
+    @classmethod
+    def from_params(cls, p, **given) -> "FitConfig":
+        """From params: each field is `given`, else `recommender.<field>`, else the top-level `<field>`."""
+        return from_params(cls, p, "recommender", **given)
 
 
 PAPER_BATCH = 128  # the paper's batch (§4.1), the reference of `recommender.lr_scaling`

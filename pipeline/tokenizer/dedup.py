@@ -27,6 +27,7 @@ import scipy.sparse as sp
 import torch
 
 from pipeline.utils import ParamError
+from pipeline.config import from_params
 
 
 @dataclass
@@ -37,6 +38,11 @@ class DedupConfig:
     reg: float = 0.1  # Sinkhorn entropic regularisation (costs scaled by their median)
     iters: int = 100  # Sinkhorn iterations
     chunk: int = 64  # movers per candidate-search step (memory: chunk * beam * K floats)
+
+    @classmethod
+    def from_params(cls, p, **given) -> "DedupConfig":
+        """From params: each field is `given`, else `dedup.<field>`, else the top-level `<field>`."""
+        return from_params(cls, p, "dedup", **given)
 
 
 def sid_int(codes: np.ndarray, K: int) -> np.ndarray:

@@ -2,10 +2,12 @@
 
 One module per idea:
 - `TrustGate` / `acd_loss`        Eq. 2-4  Adaptive Collaborative Denoising
-- `Encoder` (MLP)                 Eq. 5    z = Enc(e_cont || g ⊙ e_collab)
+- `PurifiedSemanticQuantizer.encode` (an MLP)
+                                  Eq. 5    z = Enc(e_cont || g ⊙ e_collab)
 - `ResidualQuantizer`             §3.3.3   L levels of EMA codebooks, straight-through estimator
 - `hsa_loss` / `hsa_loss_soft` / `hsa_loss_cell` / `hsa_loss_official`
-                                  Eq. 6-7  Hierarchical Semantic Anchoring, four readings (docs/design.md)
+                                  Eq. 6-7  Hierarchical Semantic Anchoring, in the five readings of
+                                           `quantize.hsa_reading` (HSA_READINGS; docs/design.md "HSA")
 - `fit_anchors`                   Eq. 6    the anchors p_l: a ridge-fitted linear projection of the tag embeddings
 - `reconstruction_loss`           Eq. 8    Dual-Head Reconstruction (or one head when dhr=False)
 - `PurifiedSemanticQuantizer.loss` Eq. 9   L_psq = L_dhr + β L_commit + λ1 L_acd + λ2 L_hsa
@@ -25,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.choices import HSA_READINGS
 from pipeline.utils import ParamError
+from pipeline.config import from_params
 
 
-HSA_MODES = ("codebook", "soft", "encoder", "cell", "official")
 
 
 @dataclass
@@ -51,16 +54,21 @@ class QuantizerConfig:
     dhr_target_sg: bool = True  # stop-gradient on the purified collab target of Eq. 8
     acd_margin: str = "relative"  # relative (δ scaled by the variance reachable at the gate's mean) | popularity
     # (δ_v = min(δ, ½ p_v(1 − p_v))) | absolute (Eq. 4 as written)
-    hsa_grad: str = "codebook"  # codebook (Eq. 7 on codebook rows) | soft (items' soft assignments) | encoder |
+    hsa_reading: str = "codebook"  # codebook (Eq. 7 on codebook rows) | soft (items' soft assignments) | encoder |
     # cell (hard codes forward, soft assignments backward, anchors tied into the classifier) | official
     hsa_cls: str = "probe"  # soft reading: probe (Eq. 7's classifier reads sg[q̃]) | encoder (its gradient reaches z)
     hsa_usage: float = 10.0  # cell reading: weight of the codebook-usage guard inside L_hsa
     ema_decay: float = 0.99
     restart_dead: bool = True  # restart codes unused during an epoch
 
+    @classmethod
+    def from_params(cls, p, **given) -> "QuantizerConfig":
+        """From params: each field is `given`, else `quantize.<field>`, else the top-level `<field>`."""
+        return from_params(cls, p, "quantize", **given)
+
     def __post_init__(self):
         for key, allowed in (("acd_variance", ("item", "batch")), ("acd_margin", ("relative", "popularity", "absolute")),
-                             ("hsa_grad", HSA_MODES), ("hsa_cls", ("probe", "encoder"))):
+                             ("hsa_reading", HSA_READINGS), ("hsa_cls", ("probe", "encoder"))):
             if getattr(self, key) not in allowed:
                 raise ParamError(f"quantize.{key} must be one of {', '.join(repr(a) for a in allowed)}, "
                                  f"got {getattr(self, key)!r}")
@@ -232,7 +240,7 @@ def soft_prototype(anchor: torch.Tensor, codebook: torch.Tensor, tau: float | to
 
 def hsa_loss(anchors: list[torch.Tensor], codebooks: torch.Tensor, q: torch.Tensor, tags: torch.Tensor,
              classifiers: nn.ModuleList, tau: float) -> torch.Tensor:
-    """Eq. 7, codebook reading (`hsa_grad: codebook | encoder`): Σ_l ‖p_l − p̃_l‖² +
+    """Eq. 7, codebook reading (`hsa_reading: codebook | encoder`): Σ_l ‖p_l − p̃_l‖² +
     CE(φ_cls^(l)(q_1 ‖ … ‖ q_l), t_l), items without a depth-l tag masked. The anchors are learned
     projections and p̃_l is built from the codebook, so the first term moves only codebooks and
     projections (no item latent); see `hsa_loss_soft` for the reading that reaches the items.
@@ -255,7 +263,7 @@ def hsa_loss(anchors: list[torch.Tensor], codebooks: torch.Tensor, q: torch.Tens
 
 def hsa_loss_soft(anchors: list[torch.Tensor], codebooks: torch.Tensor, residuals: torch.Tensor,
                   tags: torch.Tensor, classifiers: nn.ModuleList, tau: float, cls_grad: bool = False) -> torch.Tensor:
-    """Eq. 6-7, soft reading (`hsa_grad: soft`; docs/design.md, "HSA").
+    """Eq. 6-7, soft reading (`hsa_reading: soft`; docs/design.md, "HSA").
 
     Each item's level-l residual r_l is seen through C_l the way Eq. 6 sees an anchor: its soft
     assignment q̃_l = Σ_k softmax_k(−‖r_l − e_k‖²/τ_hsa) e_k. Per level, with p̃_l the soft
@@ -320,7 +328,7 @@ def usage_guard(a: torch.Tensor) -> torch.Tensor:
 
 def hsa_loss_cell(anchors: list[torch.Tensor], codebooks: torch.Tensor, residuals: torch.Tensor,
                   tags: torch.Tensor, tau: float, usage: float = 10.0) -> torch.Tensor:
-    """Eq. 6-7, cell reading (`hsa_grad: cell`; docs/design.md, "HSA"): a reading whose gradient moves
+    """Eq. 6-7, cell reading (`hsa_reading: cell`; docs/design.md, "HSA"): a reading whose gradient moves
     items between code cells without collapsing a level.
 
     Per level j each item's residual r_j is softly assigned over the codebook, a_j = softmax_k(−‖r_j −
@@ -365,7 +373,7 @@ def hsa_loss_cell(anchors: list[torch.Tensor], codebooks: torch.Tensor, residual
 def hsa_loss_official(anchor_proj: nn.ModuleList, tag_embs: list[torch.Tensor], codebooks: torch.Tensor,
                       residuals: torch.Tensor, q: torch.Tensor, tags: torch.Tensor, classifiers: nn.ModuleList,
                       tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 6-7 as the paper's released code computes them (`hsa_grad: official`; a reference, facts in
+    """Eq. 6-7 as the paper's released code computes them (`hsa_reading: official`; a reference, facts in
     docs/design.md "HSA"): the tag classifier (a 3-layer MLP) reads the concatenated straight-through
     codes of levels 1..l, where only the level-1 slot carries gradient to the encoder (each later
     level's residual is taken after the straight-through code, so its slot's gradient is zero); the
@@ -443,13 +451,13 @@ class PurifiedSemanticQuantizer(nn.Module):
         if cfg.hsa:
             L, d = cfg.levels, cfg.d_cb
             self.fitted_anchors: list[torch.Tensor] | None = None  # soft reading: set by `refit_anchors`
-            if cfg.hsa_grad == "cell":  # anchors over the slots of levels 1..l; they are the classifier
+            if cfg.hsa_reading == "cell":  # anchors over the slots of levels 1..l; they are the classifier
                 self.anchor_proj = nn.ModuleList(nn.Linear(tag_dim, (l + 1) * d) for l in range(L))
-            elif cfg.hsa_grad == "official":  # 3-layer MLP classifiers; untrained anchor projections
+            elif cfg.hsa_reading == "official":  # 3-layer MLP classifiers; untrained anchor projections
                 self.classifiers = nn.ModuleList(mlp([(l + 1) * d, 128, 128, max(n, 1)], 0.0) for l, n in enumerate(n_tags))
                 self.anchor_proj = nn.ModuleList(nn.Linear(tag_dim, d) for _ in range(L)).requires_grad_(False)
             else:
-                if cfg.hsa_grad != "soft":  # learned projection (soft: fitted by `fit_anchors`, no parameters)
+                if cfg.hsa_reading != "soft":  # learned projection (soft: fitted by `fit_anchors`, no parameters)
                     self.anchor_proj = nn.ModuleList(nn.Linear(tag_dim, d) for _ in range(L))
                 self.classifiers = nn.ModuleList(nn.Linear((l + 1) * d, max(n, 1)) for l, n in enumerate(n_tags))
 
@@ -499,7 +507,7 @@ class PurifiedSemanticQuantizer(nn.Module):
             total = total + cfg.lambda1 * parts["acd"]
         fixed = None  # the part of the total no parameter can change (a value only)
         if cfg.hsa:
-            if cfg.hsa_grad == "official":  # the classifiers' CE and the untrained anchors' value, apart
+            if cfg.hsa_reading == "official":  # the classifiers' CE and the untrained anchors' value, apart
                 parts["hsa_ce"], parts["hsa_anchor"] = self.hsa_official_parts(batch, out, tag_embs)
                 parts["hsa"] = parts["hsa_ce"] + parts["hsa_anchor"]
                 total, fixed = total + cfg.lambda2 * parts["hsa_ce"], cfg.lambda2 * parts["hsa_anchor"]
@@ -525,22 +533,22 @@ class PurifiedSemanticQuantizer(nn.Module):
                                  batch["tags"], self.classifiers, self.cfg.tau_hsa)
 
     def hsa_term(self, batch: dict[str, torch.Tensor], out: dict, tag_embs: list[torch.Tensor]) -> torch.Tensor:
-        """L_hsa (Eq. 6-7) in the reading `hsa_grad` names. tag_embs[l]: the depth-l tags' text
+        """L_hsa (Eq. 6-7) in the reading `hsa_reading` names. tag_embs[l]: the depth-l tags' text
         embeddings (T_l, d_tag), projected by the learned `anchor_proj` (codebook/encoder readings);
         the soft reading uses the anchors `refit_anchors` fitted from them instead."""
         cfg, tags = self.cfg, batch["tags"]
-        if cfg.hsa_grad == "cell":
+        if cfg.hsa_reading == "cell":
             anchors = [self.anchor_proj[l](tag_embs[l]) for l in range(cfg.levels)]
             return hsa_loss_cell(anchors, self.rq.codebooks, out["residuals"], tags, cfg.tau_hsa, cfg.hsa_usage)
-        if cfg.hsa_grad == "official":
+        if cfg.hsa_reading == "official":
             return sum(self.hsa_official_parts(batch, out, tag_embs))
-        if cfg.hsa_grad == "soft":
+        if cfg.hsa_reading == "soft":
             if self.fitted_anchors is None:
                 raise RuntimeError("soft HSA needs anchors: call refit_anchors(tag_embs, tags, residuals) first")
             return hsa_loss_soft(self.fitted_anchors, self.rq.codebooks, out["residuals"], tags, self.classifiers,
                                  cfg.tau_hsa, cls_grad=cfg.hsa_cls == "encoder")
         anchors = [self.anchor_proj[l](tag_embs[l][tags[:, l].clamp(min=0)]) for l in range(cfg.levels)]
-        if cfg.hsa_grad == "codebook":  # q_l as codebook entries: CE moves the codes (Eq. 7 reads q_l ∈ C_l)
+        if cfg.hsa_reading == "codebook":  # q_l as codebook entries: CE moves the codes (Eq. 7 reads q_l ∈ C_l)
             q = torch.stack([self.rq.codebooks[l][out["codes"][:, l]] for l in range(cfg.levels)], dim=1)
         else:  # "encoder": straight-through, CE moves the encoder's residuals
             q = out["residuals"] + (out["q"] - out["residuals"]).detach()

@@ -13,10 +13,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from pipeline.choices import TOKENIZERS
 from pipeline.progress import progress
 from pipeline.tokenizer.quantizer import PurifiedSemanticQuantizer, QuantizerConfig
 from pipeline.tokenizer.sid_metrics import gate_stats, sid_metrics, tag_nmi
 from pipeline.utils import ParamError
+from pipeline.config import from_params
 
 
 @dataclass
@@ -27,6 +29,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     patience: int = 30  # epochs without a lower trainable loss (rel. 1e-4; value-only terms excluded) before stopping
     time_budget_min: float = 0  # wall-clock training budget in minutes; 0 = none
+
+    @classmethod
+    def from_params(cls, p, **given) -> "TrainConfig":
+        """From params: each field is `given`, else `quantize.<field>`, else the top-level `<field>`."""
+        return from_params(cls, p, "quantize", **given)
 
 
 @dataclass
@@ -92,7 +99,7 @@ def train_quantizer(data: dict, qcfg: QuantizerConfig, tcfg: TrainConfig, device
                                       data["anchors"][0].shape[1], n_tags).to(device)
     tag_embs = [a.to(device) for a in data["anchors"]]
     full = {k: v.to(device) for k, v in data.items() if k != "anchors"}
-    soft_hsa = qcfg.hsa and qcfg.hsa_grad == "soft"
+    soft_hsa = qcfg.hsa and qcfg.hsa_reading == "soft"
 
     def all_residuals() -> torch.Tensor:
         with torch.no_grad():
@@ -126,7 +133,7 @@ def train_quantizer(data: dict, qcfg: QuantizerConfig, tcfg: TrainConfig, device
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if qcfg.hsa and qcfg.hsa_grad in ("codebook", "encoder"):
+            if qcfg.hsa and qcfg.hsa_reading in ("codebook", "encoder"):
                 model.rq.sync_ema()  # keep HSA's gradient step on the codebooks (the readings that move them)
             model.rq.ema_update(out["codes"], out["residuals"].detach())
             for k, v in parts.items():
@@ -206,4 +213,4 @@ def tokenizer_config(name: str, base: QuantizerConfig) -> QuantizerConfig:
         return base
     if name == "rqvae":
         return replace(base, acd=False, hsa=False, dhr=False, use_collab=False)
-    raise ParamError(f"tokenizer must be 'prism', 'rqvae' or 'rqkmeans', got '{name}'")
+    raise ParamError(f"tokenizer must be one of {', '.join(TOKENIZERS)} (rqkmeans has no quantizer model), got '{name}'")
