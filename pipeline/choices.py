@@ -6,15 +6,20 @@ lists from here, so adding a choice is one line here plus the code that implemen
 
 from __future__ import annotations
 
-# `dataset` -> the category name in the official Amazon 2014 file names (reviews_<Category>_5.json.gz,
+# `dataset` of the Amazon 2014 sets -> the category name in the official file names (reviews_<Category>_5.json.gz,
 # meta_<Category>.json.gz); `synthetic` is generated in the same formats (pipeline/data/synthetic.py)
-DATASETS: dict[str, str] = {
+AMAZON2014: dict[str, str] = {
     "synthetic": "Synthetic",
     "beauty": "Beauty",
     "sports": "Sports_and_Outdoors",
     "toys": "Toys_and_Games",
     "cds": "CDs_and_Vinyl",
 }
+# the meta fields of the 2014 files that can form the item text (`preprocess.text_fields`)
+AMAZON2014_TEXT_FIELDS = ("title", "brand", "categories", "price", "salesRank", "description")
+# `dataset: custom` reads the user's own files from `custom.dir` (pipeline/data/custom.py)
+DATASETS = (*AMAZON2014, "custom")
+CUSTOM_FORMATS = ("auto", "table", "recbole", "amazon2023")  # `custom.format`
 
 # `tokenizer`: prism (Purified Semantic Quantizer, Eq. 2-9) | rqvae (TIGER's RQ-VAE: content only, every PRISM
 # term off) | rqkmeans (PCA to d_cb, residual k-means, as GRID)

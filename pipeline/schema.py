@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipeline.utils import ParamError
-from pipeline.choices import DATASETS, HSA_READINGS, SWITCHES, TOKENIZERS
+from pipeline.choices import CUSTOM_FORMATS, DATASETS, HSA_READINGS, SWITCHES, TOKENIZERS
 from pipeline.variants import VARIANTS
 
 
@@ -89,12 +89,14 @@ PROB = Float(0.0, 1.0)
 RATE = Float(0.0, lo_open=True)  # learning rates
 NONNEG = Float(0.0)
 AUTO = Choice("auto")
-TEXT_FIELDS = ("title", "brand", "categories", "price", "salesRank", "description")
 
 SPEC: dict[str, Rule] = {
     "seed": Int(0, 2**32 - 1),
     "dataset": Choice(*DATASETS),
     "raw_dir": TEXT,
+    "custom.dir": TEXT,
+    "custom.format": Choice(*CUSTOM_FORMATS),
+    **{f"custom.columns.{k}": TEXT for k in ("user_id", "item_id", "timestamp", "categories")},
     "download": BOOL,
     "device": Rule(lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or
                                                      (v.startswith("cuda:") and v[5:].isdigit())),
@@ -126,7 +128,7 @@ SPEC: dict[str, Rule] = {
     "preprocess.max_seq_len": Int(1, 1024),
     "preprocess.tie_break": Choice("asin", "file_order"),
     "preprocess.popularity_transform": Choice("log1p", "none"),
-    "preprocess.text_fields": ListOf(Choice(*TEXT_FIELDS), min_len=1, unique=True),
+    "preprocess.text_fields": ListOf(TEXT, min_len=1, unique=True),  # 2014 sets: TEXT_FIELDS (stage check)
     "preprocess.bad_records": Choice("error", "skip"),
     "embed.batch_size": POS,
     "collab.method": Choice("lightgcn", "als"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import typer
 
@@ -29,10 +30,12 @@ def embed_cmd(
     bs = p["embed.batch_size"]
     content = encode(model, items["text"].tolist(), bs, "item texts")
     write_npy(out / "content.npy", content)
-    depths = sorted(tags["depth"].unique())
+    # every depth of the items' tag columns, also one without any tag (data without categories): (0, dim)
+    depths = sorted(int(c[4:]) for c in items.columns if c.startswith("tag_") and c[4:].isdigit())
     for d in depths:
         names = tags[tags["depth"] == d].sort_values("tag")["name"].tolist()
-        write_npy(out / f"tags_depth{d}.npy", encode(model, names, bs, f"depth-{d} tag names"))
+        vecs = encode(model, names, bs, f"depth-{d} tag names") if names else np.zeros((0, content.shape[1]), np.float32)
+        write_npy(out / f"tags_depth{d}.npy", vecs)
     info = {"model": p["embed_model"], "dim": int(content.shape[1]), "items": int(content.shape[0]),
             "tags_per_depth": [int((tags["depth"] == d).sum()) for d in depths],
             "device": device}

@@ -4,12 +4,17 @@ from pathlib import Path
 
 import typer
 
+from pipeline.choices import AMAZON2014_TEXT_FIELDS
 from pipeline.data.amazon import ensure_raw
-from pipeline.data.preprocess import PreprocessConfig, preprocess
+from pipeline.data.custom import REQUIRED, read_custom
+from pipeline.data.preprocess import PreprocessConfig, build, preprocess
 from pipeline.data.synthetic import generate
-from pipeline.utils import write_metrics, write_parquet
+from pipeline.utils import ParamError, write_metrics, write_parquet
+
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
+
+COLUMNS = (*REQUIRED, "categories")  # custom.columns
 
 
 @stage
@@ -23,19 +28,33 @@ def preprocess_cmd(
     p = params(params_file, set_)
     dataset, raw_dir, allow_download = p["dataset"], Path(p["raw_dir"]), p["download"]
     synthetic_size, seed = p["synthetic.size"], p["seed"]
-    if dataset == "synthetic":
-        reviews, meta = generate(raw_dir / "synthetic", synthetic_size, seed)
-    else:
-        reviews, meta = ensure_raw(raw_dir, dataset, allow_download=allow_download)
     cfg = PreprocessConfig.from_params(p)
-    res = preprocess(reviews, meta, cfg)
+    detected: dict[str, str] = {}  # what a custom source found (format, timestamp unit)
+    # read whatever the dataset (dvc.yaml declares them: DVC's params cannot depend on `dataset`)
+    custom_dir, custom_format = p["custom.dir"], p["custom.format"]
+    columns = {k: p[f"custom.columns.{k}"] for k in COLUMNS}
+    if dataset == "custom":
+        rec = read_custom(custom_dir, custom_format, columns, cfg.text_fields, cfg.bad_records)
+        res = build(rec.interactions, rec.metas, cfg, rec.report, rec.source, custom_dir)
+        detected = rec.notes
+    else:
+        unknown = [f for f in cfg.text_fields if f not in AMAZON2014_TEXT_FIELDS]
+        if unknown:
+            raise ParamError(f"preprocess.text_fields: {unknown} are not fields of the Amazon 2014 meta files; "
+                             f"choose from {', '.join(AMAZON2014_TEXT_FIELDS)}.")
+        if dataset == "synthetic":
+            reviews, meta = generate(raw_dir / "synthetic", synthetic_size, seed)
+        else:
+            reviews, meta = ensure_raw(raw_dir, dataset, allow_download=allow_download)
+        res = preprocess(reviews, meta, cfg)
     for name in ("items", "tags", "train", "valid", "test"):
         write_parquet(out / f"{name}.parquet", getattr(res, name))
-    write_metrics(stats, {"dataset": dataset, **res.stats, "report": res.report})
+    write_metrics(stats, {"dataset": dataset, **detected, **res.stats, "report": res.report})
     s = res.stats
     notes = {k: v for k, v in res.report.items() if v and not k.endswith("_lines")}
     summary(
-        f"preprocess: {dataset}: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} "
+        f"preprocess: {dataset}{' (' + ', '.join(f'{k} {v}' for k, v in detected.items()) + ')' if detected else ''}: "
+        f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} "
         f"interactions, avg len {s['avg_len']}, sparsity {s['sparsity_pct']}%; "
         f"counted: {notes or 'nothing skipped'} -> {out}"
     )

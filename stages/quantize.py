@@ -11,7 +11,7 @@ import typer
 from pipeline.tokenizer.quantizer import QuantizerConfig
 from pipeline.variants import ID_RECORD, id_record
 from pipeline.tokenizer.train import TrainConfig, make_inputs, rq_kmeans, tokenizer_config, train_quantizer
-from pipeline.utils import atomic_path, deterministic_kernels, write_json, resolve_device, seed_everything, write_metrics, write_npy, write_torch
+from pipeline.utils import ParamError, atomic_path, deterministic_kernels, write_json, resolve_device, seed_everything, write_metrics, write_npy, write_torch
 
 from .common import PARAMS_OPT, SET_OPT, params, stage, summary
 
@@ -38,6 +38,10 @@ def quantize_cmd(
     e_cont = np.load(features / "content.npy")
     e_collab = np.load(collab / "item_emb.npy")
     tags = items[[f"tag_{d}" for d in range(1, qcfg.levels + 1)]].to_numpy()
+    if tokenizer == "prism" and qcfg.hsa and (tags < 0).all():  # e.g. a custom dataset without categories
+        raise ParamError(f"{data / 'items.parquet'}: no item has a category, so HSA (Eq. 6-7) has nothing to align "
+                         "to. Run with -S hsa=false (and -S ssa=false for the recommender), or give your items "
+                         "file a categories column.")
     tag_embs = [np.load(features / f"tags_depth{d}.npy") for d in range(1, qcfg.levels + 1)]
     t0 = time.time()
     if tokenizer == "rqkmeans":

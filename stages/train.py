@@ -16,7 +16,7 @@ from pipeline.recommender.seqdata import SeqData, Windows
 from pipeline.recommender.train import (PAPER_BATCH, FitConfig, fit, scale_for_batch, steps_per_epoch,
                                         training_shapes)
 from pipeline.variants import ID_RECORD, QUANTIZER_SWITCHES, RECOMMENDER_SWITCHES, check_ids
-from pipeline.utils import log, resolve_device, seed_everything, write_curve, write_metrics, write_torch
+from pipeline.utils import ParamError, log, resolve_device, seed_everything, write_curve, write_metrics, write_torch
 
 from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID_OPT, params, stage, summary
 
@@ -77,6 +77,10 @@ def _train(p, device, data, features, collab, sid, out, ckpt, metrics, curve):
     run = produced_by(p, ids)
     a = load_assets(data, features, collab, sid)
     cfg = model_config(p, a)
+    if cfg.ssa and (a.tags < 0).all():  # e.g. a custom dataset without categories
+        raise ParamError(f"{data / 'items.parquet'}: no item has a category, so SSA (Eq. 15) has no tags to predict. "
+                         "Run with -S ssa=false (and -S hsa=false for the quantizer), or give your items file a "
+                         "categories column.")
     fcfg = FitConfig.from_params(p, decode_amp=p["evaluate.amp"])  # validation ranks as `evaluate`
     if p["dataset"] == "synthetic" and p["synthetic.max_epochs"] < fcfg.max_epochs:
         # the embedded default must run in minutes on a CPU; real datasets get the paper's epochs

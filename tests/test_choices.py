@@ -40,7 +40,7 @@ def test_every_switch_of_the_list_is_a_param_and_a_variant_key():
 
 def test_the_amazon_reader_knows_every_dataset_of_the_list():
     from pipeline.data.amazon import file_names
-    for name, category in choices.DATASETS.items():
+    for name, category in choices.AMAZON2014.items():
         assert category in " ".join(file_names(name))
 
 

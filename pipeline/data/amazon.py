@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..choices import DATASETS
+from ..choices import AMAZON2014
 from ..progress import progress
 from ..utils import DataError, atomic_path, log
 
 # dataset key (params.yaml `dataset`) -> official category name used in the file names
-CATEGORIES = DATASETS  # pipeline/choices.py
+CATEGORIES = AMAZON2014  # pipeline/choices.py
 
 # Official download location of the 2014 per-category files (linked from
 # https://jmcauley.ucsd.edu/data/amazon/ , the paper's footnote 3).

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..utils import ParamError, log
+from ..choices import AMAZON2014_TEXT_FIELDS
 from ..config import from_params
 from .amazon import DataError, read_meta, read_reviews
 
@@ -194,8 +195,12 @@ def _fmt_price(v: Any) -> str | None:
     return None if math.isnan(f) else f"{f:.2f}"
 
 
+KNOWN_FIELDS = AMAZON2014_TEXT_FIELDS
+
+
 def item_text(meta: dict, path: list[str], fields: tuple[str, ...]) -> str:
-    """Item text for the content embedding (docs/design.md, "Item text"): labelled fields in order."""
+    """Item text for the content embedding (docs/design.md, "Item text"): labelled fields in order. The 2014
+    fields keep their formats; any other field (a column of a custom items table) is `Name: value`."""
     parts = []
     for f in fields:
         if f == "title" and meta.get("title"):
@@ -211,26 +216,43 @@ def item_text(meta: dict, path: list[str], fields: tuple[str, ...]) -> str:
             parts.append(f"Sales rank: {rank} in {cat}")
         elif f == "description" and meta.get("description"):
             parts.append(f"Description: {str(meta['description']).strip()[:1000]}")
+        elif f not in KNOWN_FIELDS and meta.get(f) is not None and str(meta[f]).strip():  # a custom column
+            parts.append(f"{f.replace('_', ' ').capitalize()}: {str(meta[f]).strip()[:1000]}")
     return ". ".join(p.rstrip(". ") for p in parts)
 
 
 # ------------------------------------------------------------------------------------ pipeline
 
 
-def preprocess(reviews_path, meta_path, cfg: PreprocessConfig) -> PreprocessResult:
+def read_amazon2014(reviews_path, meta_path, bad_records: str = "error") -> tuple[pd.DataFrame, dict, dict]:
+    """The official 2014 files as the records every source gives `build`: interactions (user_id, asin, ts,
+    line) in file order, meta records by asin, and the counted report."""
     report: dict[str, int] = {}
-    rows, rrep = read_reviews(reviews_path, cfg.bad_records)
+    rows, rrep = read_reviews(reviews_path, bad_records)
     df = pd.DataFrame(rows, columns=["user_id", "asin", "ts"])
     df["line"] = np.arange(len(df))
     report["review_lines"] = rrep.lines
     for reason, n in rrep.bad.items():
         report[f"reviews_skipped_{reason}"] = n
-
-    metas, mrep = read_meta(meta_path, wanted=set(df["asin"].unique()), bad_records=cfg.bad_records)
+    metas, mrep = read_meta(meta_path, wanted=set(df["asin"].unique()), bad_records=bad_records)
     report["meta_lines"] = mrep.lines
     for reason, n in mrep.bad.items():
         report[f"meta_skipped_{reason}"] = n
+    return df, metas, report
 
+
+def preprocess(reviews_path, meta_path, cfg: PreprocessConfig) -> PreprocessResult:
+    """The 2014 files -> splits, items, tags (`build`)."""
+    df, metas, report = read_amazon2014(reviews_path, meta_path, cfg.bad_records)
+    return build(df, metas, cfg, report, str(reviews_path), str(meta_path))
+
+
+def build(df: pd.DataFrame, metas: dict[str, dict], cfg: PreprocessConfig, report: dict[str, int],
+          reviews_path: str, meta_path: str) -> PreprocessResult:
+    """One preprocess for every source: interactions (user_id, asin, ts, line) and item records -> drop
+    interactions without an item record (counted), duplicate pairs, k-core, chronological leave-one-out,
+    popularity, tags per depth and item text."""
+    report = dict(report)
     has_meta = df["asin"].isin(metas.keys())
     report["reviews_without_meta"] = int((~has_meta).sum())
     if report["reviews_without_meta"]:

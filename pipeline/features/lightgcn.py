@@ -110,7 +110,7 @@ def evaluate_full(user_emb: torch.Tensor, item_emb: torch.Tensor, R: sp.csr_matr
         scores = user_emb[torch.tensor(u, dtype=torch.long)] @ item_emb.T
         sub = R[u].tocoo()
         scores[torch.from_numpy(sub.row).long(), torch.from_numpy(sub.col).long()] = -torch.inf
-        top = torch.topk(scores, k, dim=1).indices.cpu().numpy()
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu().numpy()  # a catalogue under k items
         ranks.append(target_ranks(top, targets[s:s + batch]))
     return recall_ndcg(np.concatenate(ranks), ks=(k,))
 
