@@ -231,3 +231,13 @@ def test_without_categories_hsa_stops_with_a_hint_instead_of_training_on_no_tags
     res = subprocess.run([*dag, "--from", "quantize", "--until", "quantize", "-S", "hsa=false"], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 0, (res.stdout + res.stderr)[-2000:]
+
+
+@pytest.mark.parametrize("dataset, shown", [("beauty", True), ("custom", False)])
+def test_the_papers_figures_never_sit_under_a_custom_datasets_rows(dataset, shown):
+    from pipeline.report import Row, Run, paper_row
+
+    base = {"dataset": "synthetic", "variant": "prism", "tokenizer": "prism",
+            **{k: True for k in ("acd", "hsa", "dhr", "dsi", "ssa", "ats", "dt")}}
+    row = Row("PRISM", {"dataset": dataset}, [Run("r", {**base, "dataset": dataset}, {"test": {}})])
+    assert (paper_row(row, base) is not None) == shown
