@@ -91,17 +91,9 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
             f"{path}: params file not found. Run from the project root or pass --params PATH."
         )
     data = yaml12_load(path.read_text()) or {}
-    for old, new in RENAMED.items():  # an old name in the file (e.g. set by `dvc exp run -S old=...`) wins
-        value = _pop(data, old)
-        if value is not _MISSING:
-            _renamed_note(str(path), old, new, value)
-            _put(data, new, value)
     known = flat_keys(data)
     for item in overrides:
         key, value = _parse_override(item)
-        if key in RENAMED:
-            _renamed_note(f"--set {item}", key, RENAMED[key], value)
-            key = RENAMED[key]
         node = data
         parts = key.split(".")
         for i, part in enumerate(parts):
@@ -119,31 +111,20 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
     return Params(data, source=str(path))
 
 
-_MISSING = object()
-
-
-def _pop(data: dict, key: str) -> Any:
-    *groups, leaf = key.split(".")
-    for g in groups:
-        data = data.get(g) if isinstance(data, dict) else None
-    return data.pop(leaf, _MISSING) if isinstance(data, dict) else _MISSING
-
-
-def _put(data: dict, key: str, value: Any) -> None:
-    *groups, leaf = key.split(".")
-    for g in groups:
-        data = data.setdefault(g, {})
-    data[leaf] = value
-
-
 def _renamed_note(where: str, old: str, new: str, value: Any) -> None:
-    print(f"{where}: '{old}' is the old name of '{new}'; read as {new}={value} (rename it)", file=sys.stderr)
+    print(f"{where}: '{old}' is the old name of '{new}'; read as {new}={value} (use the new name)", file=sys.stderr)
 
 
 def from_params(cls, p: Params, section: str, **given: Any):
     """A config dataclass from params, the one way every stage builds its config: each field is `given`, else
     `<section>.<field>`, else the top-level `<field>` (the paper's names and the switches), else its default.
     Lists become tuples where the field's default is a tuple (params are YAML)."""
+    for old, new in RENAMED.items():  # an old name that is set wins over its new name, with a note
+        group, _, name = new.rpartition(".")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if group == section and name in fields and name not in given and old in p and p[old] is not None:
+            _renamed_note(p._source, old, new, p[old])
+            given = {**given, name: p[old]}
     kw: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name in given:

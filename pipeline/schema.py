@@ -89,6 +89,7 @@ PROB = Float(0.0, 1.0)
 RATE = Float(0.0, lo_open=True)  # learning rates
 NONNEG = Float(0.0)
 AUTO = Choice("auto")
+NULL = Rule(lambda v: v is None, "null (unset)", (0, "none"))
 
 SPEC: dict[str, Rule] = {
     "seed": Int(0, 2**32 - 1),
@@ -154,6 +155,7 @@ SPEC: dict[str, Rule] = {
     "quantize.acd_margin": Choice("relative", "popularity", "absolute"),
     "quantize.dhr_target_sg": BOOL,
     "quantize.hsa_reading": Choice(*HSA_READINGS),
+    "quantize.hsa_grad": Either(NULL, Choice(*HSA_READINGS)),  # deprecated name of hsa_reading (choices.RENAMED)
     "quantize.hsa_cls": Choice("probe", "encoder"),
     "quantize.hsa_usage": NONNEG,
     "dedup.keep": Choice("closest", "first"),

@@ -45,20 +45,29 @@ def test_the_amazon_reader_knows_every_dataset_of_the_list():
 
 
 def test_the_old_hsa_param_name_still_works_on_the_command_line(capsys):
-    p = load_params(ROOT / "params.yaml", ["quantize.hsa_grad=official"])
-    assert p["quantize.hsa_reading"] == "official"
+    from pipeline.tokenizer.quantizer import QuantizerConfig
+    from pipeline.tokenizer.train import TrainConfig
+
+    p = load_params(ROOT / "params.yaml", ["quantize.hsa_grad=official"])  # DVC's -S needs the key in the file
+    assert QuantizerConfig.from_params(p).hsa_reading == "official" and "quantize.hsa_grad" in p.accessed
+    TrainConfig.from_params(p)  # the same section, no such field: no second note
     err = capsys.readouterr().err
     assert "quantize.hsa_grad" in err and "quantize.hsa_reading" in err and len(err.strip().splitlines()) == 1
+    assert QuantizerConfig.from_params(load_params(ROOT / "params.yaml")).hsa_reading == "codebook"  # unset: null
+    assert capsys.readouterr().err == ""
 
 
 def test_the_old_hsa_param_name_in_the_file_wins_and_is_checked(tmp_path, capsys):
+    from pipeline.tokenizer.quantizer import QuantizerConfig
+
     text = (ROOT / "params.yaml").read_text()
     f = tmp_path / "params.yaml"
-    f.write_text(text.replace("  hsa_cls:", "  hsa_grad: cell\n  hsa_cls:", 1))  # as `dvc exp run -S` adds it
-    assert load_params(f)["quantize.hsa_reading"] == "cell"
+    assert "\n  hsa_grad: null " in text
+    f.write_text(text.replace("\n  hsa_grad: null ", "\n  hsa_grad: cell ", 1))  # as `dvc exp run -S` writes it
+    assert QuantizerConfig.from_params(load_params(f)).hsa_reading == "cell"
     assert "old name" in capsys.readouterr().err
-    f.write_text(text.replace("  hsa_cls:", "  hsa_grad: cellz\n  hsa_cls:", 1))
-    with pytest.raises(ParamError, match="quantize.hsa_reading"):
+    f.write_text(text.replace("\n  hsa_grad: null ", "\n  hsa_grad: cellz ", 1))
+    with pytest.raises(ParamError, match="quantize.hsa_grad"):
         load_params(f)
 
 
