@@ -19,6 +19,16 @@ AMAZON2014: dict[str, str] = {
 AMAZON2014_TEXT_FIELDS = ("title", "brand", "categories", "price", "salesRank", "description")
 # `dataset: custom` reads the user's own files from `custom.dir` (pipeline/data/custom.py)
 DATASETS = (*AMAZON2014, "custom")
+# `dataset: amazon23:<Category>`: a category of Amazon Reviews 2023, fetched by name (pipeline/data/amazon2023.py)
+AMAZON2023 = (
+    "All_Beauty", "Amazon_Fashion", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Baby_Products",
+    "Beauty_and_Personal_Care", "Books", "CDs_and_Vinyl", "Cell_Phones_and_Accessories",
+    "Clothing_Shoes_and_Jewelry", "Digital_Music", "Electronics", "Gift_Cards", "Grocery_and_Gourmet_Food",
+    "Handmade_Products", "Health_and_Household", "Health_and_Personal_Care", "Home_and_Kitchen",
+    "Industrial_and_Scientific", "Kindle_Store", "Magazine_Subscriptions", "Movies_and_TV", "Musical_Instruments",
+    "Office_Products", "Patio_Lawn_and_Garden", "Pet_Supplies", "Software", "Sports_and_Outdoors",
+    "Subscription_Boxes", "Tools_and_Home_Improvement", "Toys_and_Games", "Video_Games", "Unknown",
+)
 CUSTOM_FORMATS = ("auto", "table", "recbole", "amazon2023")  # `custom.format`
 
 # `tokenizer`: prism (Purified Semantic Quantizer, Eq. 2-9) | rqvae (TIGER's RQ-VAE: content only, every PRISM

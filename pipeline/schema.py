@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipeline.utils import ParamError
-from pipeline.choices import CUSTOM_FORMATS, DATASETS, HSA_READINGS, SWITCHES, TOKENIZERS
+from pipeline.choices import AMAZON2023, CUSTOM_FORMATS, DATASETS, HSA_READINGS, SWITCHES, TOKENIZERS
 from pipeline.variants import VARIANTS
 
 
@@ -93,10 +93,14 @@ NULL = Rule(lambda v: v is None, "null (unset)", (0, "none"))
 
 SPEC: dict[str, Rule] = {
     "seed": Int(0, 2**32 - 1),
-    "dataset": Choice(*DATASETS),
+    "dataset": Either(Choice(*DATASETS), Rule(
+        lambda v: isinstance(v, str) and v.startswith("amazon23:") and v.removeprefix("amazon23:") in AMAZON2023,
+        "'amazon23:<Category>' with a category of Amazon Reviews 2023 (e.g. amazon23:All_Beauty; "
+        "AMAZON2023 in pipeline/choices.py)", (3,), ("amazon23:Nope",))),
     "raw_dir": TEXT,
     "custom.dir": TEXT,
     "custom.format": Choice(*CUSTOM_FORMATS),
+    "custom.seq_separator": Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string", (3, ["a"]), ("",)),
     **{f"custom.columns.{k}": TEXT for k in ("user_id", "item_id", "timestamp", "categories")},
     "download": BOOL,
     "device": Rule(lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or

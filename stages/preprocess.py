@@ -6,6 +6,8 @@ import typer
 
 from pipeline.choices import AMAZON2014_TEXT_FIELDS
 from pipeline.data.amazon import ensure_raw
+from pipeline.data.amazon2023 import PREFIX as AMAZON23
+from pipeline.data.amazon2023 import category_of, ensure_amazon2023, read_amazon2023_source
 from pipeline.data.custom import REQUIRED, read_custom
 from pipeline.data.preprocess import PreprocessConfig, build, preprocess
 from pipeline.data.synthetic import generate
@@ -33,9 +35,15 @@ def preprocess_cmd(
     # read whatever the dataset (dvc.yaml declares them: DVC's params cannot depend on `dataset`)
     custom_dir, custom_format = p["custom.dir"], p["custom.format"]
     columns = {k: p[f"custom.columns.{k}"] for k in COLUMNS}
-    if dataset == "custom":
-        rec = read_custom(custom_dir, custom_format, columns, cfg.text_fields, cfg.bad_records)
-        res = build(rec.interactions, rec.metas, cfg, rec.report, rec.source, custom_dir)
+    if dataset == "custom" or dataset.startswith(AMAZON23):
+        if dataset == "custom":
+            rec = read_custom(custom_dir, custom_format, columns, cfg.text_fields, cfg.bad_records,
+                              p["custom.seq_separator"])
+        else:  # a category of Amazon Reviews 2023, by name
+            category = category_of(dataset)
+            folder = ensure_amazon2023(raw_dir, category, allow_download=allow_download)
+            rec = read_amazon2023_source(folder, {}, cfg.text_fields, cfg.bad_records, category=category)
+        res = build(rec.interactions, rec.metas, cfg, rec.report, rec.source, str(Path(rec.source).parent))
         detected = rec.notes
     else:
         unknown = [f for f in cfg.text_fields if f not in AMAZON2014_TEXT_FIELDS]

@@ -16,8 +16,18 @@ from .common import COLLAB_OPT, DATA_OPT, FEATURES_OPT, PARAMS_OPT, SET_OPT, SID
 
 
 def split_list(s: str) -> list[str]:
-    """A list given on one line: items separated by commas, spaces, `;` or `|`."""
-    return re.split(r"[\s,;|]+", s.strip()) if s.strip() else []
+    """A list given on one line: items separated by commas, spaces, `;` or `|`; or a JSON list of strings
+    (`["item é 1", "a, b"]`), for ids that hold those characters (your own data)."""
+    s = s.strip()
+    if s.startswith("["):
+        try:
+            vals = json.loads(s)
+        except ValueError as exc:
+            raise QueryError(f"not a JSON list ({exc}): {s[:100]!r}") from None
+        if not isinstance(vals, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in vals):
+            raise QueryError(f"a JSON list of ids must hold strings: {s[:100]!r}")
+        return [str(v) for v in vals]
+    return re.split(r"[\s,;|]+", s) if s else []
 
 
 def _times(raw, where: str) -> list[int] | None:
@@ -121,9 +131,10 @@ def _query(obj: dict, where: str) -> Query:
 
 @stage
 def recommend_cmd(
-    users: str = typer.Option(None, "--users", help="reviewerIDs of dataset users, comma-separated"),
-    history: str = typer.Option(None, "--history", help="one history: asins oldest first, comma-separated"),
-    times: str = typer.Option(None, "--times", help="unix seconds per --history asin (default: same day)"),
+    users: str = typer.Option(None, "--users", help="ids of dataset users, comma-separated or a JSON list"),
+    history: str = typer.Option(None, "--history", help="one history: item ids oldest first, comma-separated or "
+                                "a JSON list ('[\"id, with comma\", \"id 2\"]')"),
+    times: str = typer.Option(None, "--times", help="unix seconds per --history item (default: same day)"),
     input_file: Path = typer.Option(None, "--input", help="queries: JSON lines or CSV (see --help of the docs)"),
     k: int = typer.Option(10, "--k", help="items per query"),
     beam: int = typer.Option(None, "--beam", help="beam width (>= k; default: evaluate.beam_size, 30)"),
@@ -170,7 +181,7 @@ def recommend_cmd(
         for r in results:
             q = r.query
             rec_line = {"query": q.label, **({"user": q.user} if q.user else {"history": q.history}), "items": r.items}
-            fh.write(json.dumps(rec_line) + "\n")
+            fh.write(json.dumps(rec_line, ensure_ascii=False) + "\n")
     finally:
         if out:
             fh.close()

@@ -1,5 +1,6 @@
-"""Your own data (issue 34): `dataset: custom`, format `table`. The same interactions and items as the
-Amazon 2014 files and as tables give the same splits; timestamps in any unit; bad input is one line."""
+"""Your own data (issue 34): `dataset: custom` in the formats table, recbole and amazon2023, and
+`amazon23:<Category>`. The same interactions and items as the Amazon 2014 files, as tables, RecBole atomic files
+and the 2023 layout give the same splits; timestamps in any unit; bad input is one line, also under fuzzing."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def beauty_slice(tmp_path_factory):
         "description": [m.get("description") for m in metas.values()],
         "categories": [path_by_asin.get(a, "") for a in metas],
     })
-    return ref, cfg, inter, items
+    return ref, cfg, inter, items, (sliced, src / "meta_Beauty.json.gz", metas)
 
 
 def _write(folder, name, df, fmt):
@@ -69,7 +70,7 @@ def _same(a, b):
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "parquet", "jsonl.gz"])
 def test_a_table_of_the_same_data_gives_the_same_splits(beauty_slice, tmp_path, fmt):
-    ref, cfg, inter, items = beauty_slice
+    ref, cfg, inter, items, _ = beauty_slice
     _write(tmp_path, "interactions", inter, fmt)
     items = items.assign(categories=items["categories"].str.split(" > ")) if fmt == "parquet" else items  # lists too
     _write(tmp_path, "items", items, fmt)
@@ -81,7 +82,7 @@ def test_a_table_of_the_same_data_gives_the_same_splits(beauty_slice, tmp_path, 
 
 @pytest.mark.parametrize("unit", ["milliseconds", "ISO-8601"])
 def test_timestamps_in_any_unit_give_the_same_splits(beauty_slice, tmp_path, unit):
-    ref, cfg, inter, items = beauty_slice
+    ref, cfg, inter, items, _ = beauty_slice
     ts = inter["timestamp"].astype("int64")
     inter = inter.assign(timestamp=ts * 1000 if unit == "milliseconds"
                          else pd.to_datetime(ts, unit="s", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -233,7 +234,7 @@ def test_without_categories_hsa_stops_with_a_hint_instead_of_training_on_no_tags
     assert res.returncode == 0, (res.stdout + res.stderr)[-2000:]
 
 
-@pytest.mark.parametrize("dataset, shown", [("beauty", True), ("custom", False)])
+@pytest.mark.parametrize("dataset, shown", [("beauty", True), ("custom", False), ("amazon23:All_Beauty", False)])
 def test_the_papers_figures_never_sit_under_a_custom_datasets_rows(dataset, shown):
     from pipeline.report import Row, Run, paper_row
 
@@ -241,3 +242,261 @@ def test_the_papers_figures_never_sit_under_a_custom_datasets_rows(dataset, show
             **{k: True for k in ("acd", "hsa", "dhr", "dsi", "ssa", "ats", "dt")}}
     row = Row("PRISM", {"dataset": dataset}, [Run("r", {**base, "dataset": dataset}, {"test": {}})])
     assert (paper_row(row, base) is not None) == shown
+
+
+# ------------------------------------------------------------------------------ RecBole atomic files
+
+
+def _write_atomic(path, df, types):
+    """A RecBole atomic file: tab-separated, `name:type` header, no quoting."""
+    head = "\t".join(f"{c}:{types.get(c, 'token')}" for c in df.columns)
+    body = "\n".join("\t".join("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in row)
+                     for row in df.itertuples(index=False))
+    path.write_text(head + "\n" + body + "\n", encoding="utf-8")
+
+
+def _recbole(folder, inter, items, **kw):
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomic(folder / "beauty.inter", inter.assign(rating=5.0)[["user_id", "item_id", "rating", "timestamp"]],
+                  {"rating": "float", "timestamp": "float"})
+    _write_atomic(folder / "beauty.item", items, {"title": "token_seq", "price": "float", "description": "token_seq",
+                                                 **kw})
+
+
+def test_recbole_atomic_files_of_the_same_data_give_the_same_splits(beauty_slice, tmp_path):
+    """RecBole files cannot carry tabs or line breaks (no quoting): the same data there has them as spaces,
+    so the reference's texts are compared with that one change; splits, tags and counts exactly."""
+    ref, cfg, inter, items, _ = beauty_slice
+    _recbole(tmp_path, inter, _one_line(items))
+    rec = read_custom(tmp_path, "auto", COLUMNS, cfg.text_fields)
+    assert rec.notes == {"format": "recbole", "timestamps": "seconds"}
+    _same(build(rec.interactions, rec.metas, cfg, rec.report, rec.source, str(tmp_path)), _one_line_text(ref))
+
+
+def _one_line(items):
+    return items.assign(**{c: items[c].str.replace(r"[\t\n\r]", " ", regex=True) for c in ("title", "description")})
+
+
+def _one_line_text(ref):
+    import dataclasses
+    changed = ref.items["text"].str.replace(r"[\t\n\r]", " ", regex=True)
+    return dataclasses.replace(ref, items=ref.items.assign(text=changed, title=ref.items["title"].str.replace(
+        r"[\t\n\r]", " ", regex=True)))
+
+
+def test_recbole_token_seq_categories_split_on_the_separator(beauty_slice, tmp_path):
+    ref, cfg, inter, items, _ = beauty_slice
+    _recbole(tmp_path, inter, _one_line(items).assign(categories=items["categories"].str.replace(" > ", "|")),
+             categories="token_seq")
+    rec = read_custom(tmp_path, "recbole", COLUMNS, cfg.text_fields, seq_separator="|")
+    _same(build(rec.interactions, rec.metas, cfg, rec.report, rec.source, str(tmp_path)), _one_line_text(ref))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("untyped", r"beauty.inter:1: header field 'timestamp' has no RecBole type"),
+    ("float_text", r"beauty.inter:4: column 'timestamp' is typed float but holds 'noon'"),
+    ("stray_item", r"other.item does not belong to beauty.inter"),
+    ("lacking_item", r"beauty.item: 1 items of the log have no row \(first: 'item é 3'\)"),
+])
+def test_bad_recbole_files_are_one_line_errors(tmp_path, case, message):
+    df = small_log(tmp_path / "src")
+    d = tmp_path / "d"
+    d.mkdir()
+    types = {"timestamp": "float"}
+    if case == "float_text":
+        df = df.astype({"timestamp": object})
+        df.loc[2, "timestamp"] = "noon"
+    _write_atomic(d / "beauty.inter", df, types)
+    if case == "untyped":
+        text = (d / "beauty.inter").read_text().replace("timestamp:float", "timestamp", 1)
+        (d / "beauty.inter").write_text(text)
+    if case == "stray_item":
+        _write_atomic(d / "other.item", pd.DataFrame({"item_id": ["x"], "title": ["t"]}), {})
+    if case == "lacking_item":
+        names = sorted(set(df["item_id"]) - {"item é 3"})
+        _write_atomic(d / "beauty.item", pd.DataFrame({"item_id": names, "title": names}), {})
+    with pytest.raises(DataError, match=message) as err:
+        read_custom(d, "auto", COLUMNS, FIELDS)
+    assert "\n" not in str(err.value)
+    if case == "lacking_item":  # under skip: its interactions are dropped and counted
+        rec = read_custom(d, "auto", COLUMNS, FIELDS, bad_records="skip")
+        res = build(rec.interactions, rec.metas, PreprocessConfig(text_fields=FIELDS), rec.report, rec.source, "")
+        assert res.report["reviews_without_meta"] == int((df["item_id"] == "item é 3").sum()) > 0
+
+
+# ----------------------------------------------------------------------------- Amazon Reviews 2023
+
+FIELDS_2023 = ("title", "categories", "price", "description")  # the 2023 meta has `store`, not `brand`
+
+
+def _amazon2023(folder, inter, metas, path_by_asin, category="All_Beauty", gz=True):
+    """The slice in the 2023 layout: reviews with parent_asin and millisecond timestamps (plus fields the
+    reader skips), meta with a flat category path and descriptions as lists."""
+    folder.mkdir(parents=True, exist_ok=True)
+    reviews = pd.DataFrame({"rating": 5.0, "title": "Nice", "text": "Good", "asin": inter["item_id"],
+                            "parent_asin": inter["item_id"], "user_id": inter["user_id"],
+                            "timestamp": inter["timestamp"].astype("int64") * 1000 + 123, "verified_purchase": True})
+    meta = pd.DataFrame({
+        "main_category": "All Beauty",
+        "title": [m.get("title") for m in metas.values()],
+        "features": [[] for _ in metas],
+        "description": [[m["description"]] if m.get("description") else [] for m in metas.values()],
+        "price": [m.get("price") for m in metas.values()],
+        "store": [m.get("brand") for m in metas.values()],
+        "categories": [path_by_asin.get(a, "").split(" > ") if path_by_asin.get(a) else [] for a in metas],
+        "details": [{"Brand": m.get("brand")} if m.get("brand") else {} for m in metas.values()],
+        "parent_asin": list(metas),
+    })
+    ext = ".jsonl.gz" if gz else ".jsonl"
+    kw = {"compression": "gzip"} if gz else {}
+    reviews.to_json(folder / f"{category}{ext}", orient="records", lines=True, force_ascii=False, **kw)
+    meta.to_json(folder / f"meta_{category}{ext}", orient="records", lines=True, force_ascii=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def beauty_2023(beauty_slice):
+    """The reference preprocess of the slice with the text fields both layouts share."""
+    ref, cfg, inter, items, (sliced, meta_path, metas) = beauty_slice
+    cfg = PreprocessConfig(text_fields=FIELDS_2023)
+    return preprocess(sliced, meta_path, cfg), cfg, inter, metas, dict(zip(ref.items["asin"], ref.items["category_path"]))
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_the_amazon_2023_layout_of_the_same_data_gives_the_same_splits(beauty_2023, tmp_path, gz):
+    ref, cfg, inter, metas, paths = beauty_2023
+    _amazon2023(tmp_path, inter, metas, paths, gz=gz)
+    rec = read_custom(tmp_path, "auto", COLUMNS, cfg.text_fields)
+    assert rec.notes == {"format": "amazon2023", "timestamps": "milliseconds"}
+    _same(build(rec.interactions, rec.metas, cfg, rec.report, rec.source, str(tmp_path)), ref)
+    # every meta field can form the text: lists joined, dicts as key: value
+    rec = read_custom(tmp_path, "amazon2023", COLUMNS, ("title", "store", "details"))
+    some = next(a for a, m in metas.items() if m.get("brand") and m.get("title") and a in rec.metas)
+    from pipeline.data.preprocess import item_text
+    assert item_text(rec.metas[some], [], ("title", "store", "details")) == (
+        f"Title: {metas[some]['title'].strip()}. Store: {metas[some]['brand'].strip()}. "
+        f"Details: Brand: {metas[some]['brand'].strip()}").rstrip(". ")
+
+
+def test_amazon23_by_name_downloads_once_records_the_checksum_and_checks_it(tmp_path):
+    from pipeline.data.amazon2023 import category_of, ensure_amazon2023, read_amazon2023_source
+
+    served = tmp_path / "served"
+    df = small_log(tmp_path / "src")
+    metas = {a: {"title": f"t {a}"} for a in df["item_id"].unique()}
+    _amazon2023(served / "tmp", df, metas, {})
+    (served / "review_categories").mkdir()
+    (served / "meta_categories").mkdir()
+    (served / "tmp" / "All_Beauty.jsonl.gz").rename(served / "review_categories" / "All_Beauty.jsonl.gz")
+    (served / "tmp" / "meta_All_Beauty.jsonl.gz").rename(served / "meta_categories" / "meta_All_Beauty.jsonl.gz")
+    raw = tmp_path / "raw"
+    with pytest.raises(DataError, match="not found and download=false"):
+        ensure_amazon2023(raw, "All_Beauty", allow_download=False)
+    folder = ensure_amazon2023(raw, category_of("amazon23:All_Beauty"), base_url=served.as_uri() + "/")
+    assert (folder / "All_Beauty.jsonl.gz.sha256").is_file() and (folder / "meta_All_Beauty.jsonl.gz.sha256").is_file()
+    rec = read_amazon2023_source(folder, {}, ("title",), category="All_Beauty")
+    assert len(rec.interactions) == len(df) and rec.notes["timestamps"] == "milliseconds"
+    assert ensure_amazon2023(raw, "All_Beauty", allow_download=False) == folder  # present: no download
+    with open(folder / "All_Beauty.jsonl.gz", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(DataError, match="SHA-256"):
+        ensure_amazon2023(raw, "All_Beauty", allow_download=False)
+    with pytest.raises(DataError, match="not an Amazon Reviews 2023 category"):
+        category_of("amazon23:Beauty")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("not_json", r"All_Beauty.jsonl:3: not a JSON object"),
+    ("cut_gzip", r"cut short"),
+    ("no_parent_asin", r"no field 'parent_asin'"),
+])
+def test_bad_amazon_2023_files_are_one_line_errors(tmp_path, case, message):
+    df = small_log(tmp_path / "src")
+    metas = {a: {"title": f"t {a}"} for a in df["item_id"].unique()}
+    d = tmp_path / "d"
+    _amazon2023(d, df, metas, {}, gz=case == "cut_gzip")
+    if case == "not_json":
+        lines = (d / "All_Beauty.jsonl").read_text().splitlines()
+        lines[2] = lines[2][:-5]
+        (d / "All_Beauty.jsonl").write_text("\n".join(lines) + "\n")
+    elif case == "cut_gzip":
+        raw = (d / "All_Beauty.jsonl.gz").read_bytes()
+        (d / "All_Beauty.jsonl.gz").write_bytes(raw[: len(raw) // 2])
+    else:
+        meta = pd.read_json(d / "meta_All_Beauty.jsonl", lines=True).rename(columns={"parent_asin": "asin"})
+        meta.to_json(d / "meta_All_Beauty.jsonl", orient="records", lines=True)
+    with pytest.raises(DataError, match=message) as err:
+        read_custom(d, "auto", COLUMNS, ("title",))
+    assert "\n" not in str(err.value)
+    if case == "not_json":  # under skip: counted
+        rec = read_custom(d, "auto", COLUMNS, ("title",), bad_records="skip")
+        assert rec.report["reviews_skipped_bad_json"] == 1 and len(rec.interactions) == len(df) - 1
+
+
+# ------------------------------------------------------------------------------------------ fuzzing
+
+ODD = ["", "nan", "NaN", "-1", "1e400", "0", "🙂", "9" * 30, "2014-13-45", "\x00", " ", "null", "[]", "{}", '"']
+
+
+def _valid_folder(d, fmt):
+    df = small_log(d / "src", users=12, items=9)
+    metas = {a: {"title": f"t {a}", "description": "d"} for a in df["item_id"].unique()}
+    items = pd.DataFrame({"item_id": list(metas), "title": [m["title"] for m in metas.values()],
+                          "categories": "A > B"})
+    d.mkdir(parents=True, exist_ok=True)
+    if fmt == "table":
+        df.to_csv(d / "interactions.csv", index=False)
+        items.to_csv(d / "items.csv", index=False)
+    elif fmt == "recbole":
+        _write_atomic(d / "x.inter", df, {"timestamp": "float"})
+        _write_atomic(d / "x.item", items, {"title": "token_seq"})
+    else:
+        _amazon2023(d, df, metas, {a: "A > B" for a in metas}, gz=False)
+    return sorted(p for p in d.iterdir() if p.is_file())
+
+
+@pytest.mark.parametrize("fmt", ["table", "recbole", "amazon2023"])
+def test_fuzzed_files_give_records_or_one_line_errors_never_a_traceback(tmp_path, fmt):
+    """Random bytes, files cut short, flipped bytes and odd values in any cell: each reader returns records
+    (that preprocess builds or refuses with a DataError) or stops with a one-line DataError, in both modes."""
+    rng = np.random.default_rng(7)
+    outcomes = {"records": 0, "error": 0}
+    for case in range(24):
+        d = tmp_path / f"c{case}"
+        files = _valid_folder(d, fmt)
+        target = files[int(rng.integers(len(files)))]
+        raw = target.read_bytes()
+        kind = case % 4
+        if kind == 0:  # random bytes
+            target.write_bytes(rng.integers(0, 256, int(rng.integers(1, 400)), dtype=np.uint8).tobytes())
+        elif kind == 1:  # cut short
+            target.write_bytes(raw[: int(rng.integers(0, len(raw)))])
+        elif kind == 2:  # flipped bytes
+            b = bytearray(raw)
+            for i in rng.integers(0, len(b), 5):
+                b[i] = int(rng.integers(0, 256))
+            target.write_bytes(bytes(b))
+        else:  # an odd value in a cell (a field between separators / quotes)
+            text = raw.decode("utf-8")
+            lines = text.splitlines()
+            i = int(rng.integers(1, len(lines)))
+            sep = "\t" if fmt == "recbole" else ","
+            if fmt == "amazon2023":
+                rec = json.loads(lines[i])
+                key = list(rec)[int(rng.integers(len(rec)))]
+                rec[key] = ODD[int(rng.integers(len(ODD)))] if rng.random() < 0.7 else None
+                lines[i] = json.dumps(rec, ensure_ascii=False)
+            else:
+                cells = lines[i].split(sep)
+                cells[int(rng.integers(len(cells)))] = ODD[int(rng.integers(len(ODD)))]
+                lines[i] = sep.join(cells)
+            target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        for mode in ("error", "skip"):
+            try:
+                rec = read_custom(d, fmt, COLUMNS, ("title", "description", "categories"), bad_records=mode)
+                build(rec.interactions, rec.metas, PreprocessConfig(text_fields=("title",), bad_records=mode),
+                      rec.report, rec.source, str(d))
+                outcomes["records"] += 1
+            except DataError as exc:
+                assert "\n" not in str(exc).strip() and str(d) in str(exc) or "core" in str(exc), (case, str(exc))
+                outcomes["error"] += 1
+    assert outcomes["records"] > 0 and outcomes["error"] > 0, outcomes

@@ -67,7 +67,7 @@ def test_python_api_matches_evaluate_for_dataset_users(trained):
     test, hists, times = _test_queries(trained, rec, 12)
     got = rec.recommend(hists, k=20, times=times)
     for row, want in zip(got, test["topk"]):
-        assert [x["asin"] for x in row] == list(want)
+        assert [x["item"] for x in row] == list(want)
         s = [x["score"] for x in row]
         assert s == sorted(s, reverse=True) and all(x <= 0 for x in s) and all("title" in x for x in row)
 
@@ -99,7 +99,7 @@ def test_rankings_do_not_depend_on_the_batch(trained):
     pred, hists, times = _test_queries(trained, rec, 30)
     for b in (1, 256):
         got = rec.recommend(hists, k=20, times=times, batch=b)
-        assert [[x["asin"] for x in row] for row in got] == pred["topk"].map(list).tolist(), f"API batch {b}"
+        assert [[x["item"] for x in row] for row in got] == pred["topk"].map(list).tolist(), f"API batch {b}"
 
 
 def test_evaluate_metrics_and_validation_do_not_depend_on_the_batch(trained, tmp_path):
@@ -309,3 +309,16 @@ def test_fuzzed_query_files_give_one_line_errors_or_counted_skips(trained, tmp_p
                 assert len(r.stderr.strip().splitlines()) == 1, r.stderr[-800:]
             else:
                 assert "skipped" in r.stderr.splitlines()[-1] or "skipped" in r.stdout
+
+
+def test_ids_with_spaces_commas_and_unicode_pass_as_a_json_list():
+    """Your own ids (issue 34): `--users`/`--history` (and a CSV cell) take a JSON list where ids hold the
+    characters that otherwise separate them."""
+    from stages.recommend import split_list
+
+    assert split_list("a, b;c|d e") == ["a", "b", "c", "d", "e"]
+    assert split_list('["item é 1", "a, b", "x|y"]') == ["item é 1", "a, b", "x|y"]
+    assert split_list("[12, 13]") == ["12", "13"]
+    for bad in ('["a", ', '[["a"]]', '[true]'):
+        with pytest.raises(QueryError):
+            split_list(bad)

@@ -18,6 +18,7 @@ and skipped under `preprocess.bad_records: skip`.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,20 @@ def _candidates(folder: Path, stem: str) -> list[Path]:
         p.name == f"{stem}{ext}" or p.name == f"{stem}{ext}.gz" for ext in TABLE_EXTS))
 
 
+def _atomic(folder: Path, suffix: str) -> list[Path]:
+    """RecBole atomic files of one kind (`.inter`, `.item`), plain or gzipped."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.removesuffix(".gz").endswith(suffix))
+
+
+def _amazon2023_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    """(reviews, meta) file pairs of the Amazon Reviews 2023 layout: `<Category>.jsonl[.gz]` beside
+    `meta_<Category>.jsonl[.gz]`."""
+    files = {p.name.removesuffix(".gz"): p for p in folder.iterdir() if p.is_file()}
+    return sorted((files[n], files["meta_" + n]) for n in files
+                  if n.endswith(".jsonl") and not n.startswith("meta_") and n != "interactions.jsonl"
+                  and n != "items.jsonl" and "meta_" + n in files)
+
+
 def detect_format(folder: Path) -> str:
     """The format of the files in `folder` (`custom.format: auto`): one-line error when none or several fit."""
     if not folder.is_dir():
@@ -55,12 +70,15 @@ def detect_format(folder: Path) -> str:
     found = []
     if _candidates(folder, "interactions"):
         found.append("table")
-    if any(p.suffix == ".inter" for p in folder.iterdir()):
+    if _atomic(folder, ".inter"):
         found.append("recbole")
+    if _amazon2023_pairs(folder):
+        found.append("amazon2023")
     if len(found) != 1:
         what = "no file of a known format" if not found else f"files of several formats ({', '.join(found)})"
-        raise DataError(f"{folder}: {what}. Expected interactions.{{csv,tsv,parquet,jsonl}}[.gz] (format table) "
-                        f"or <name>.inter (format recbole); keep one, or name it with -S custom.format=...")
+        raise DataError(f"{folder}: {what}. Expected interactions.{{csv,tsv,parquet,jsonl}}[.gz] (format table), "
+                        f"<name>.inter (format recbole) or <Category>.jsonl[.gz] with meta_<Category>.jsonl[.gz] "
+                        f"(format amazon2023); keep one, or name it with -S custom.format=...")
     return found[0]
 
 
@@ -77,14 +95,29 @@ def _one(folder: Path, stem: str, required: bool) -> Path | None:
 def _row_name(path: Path, i: int) -> str:
     """How a user finds row i (0-based) of a table: the line of a text file (after the header), else the row."""
     name = path.name.removesuffix(".gz")
-    if name.endswith((".csv", ".tsv")):
+    if name.endswith((".csv", ".tsv", ".inter", ".item")):
         return f"{path}:{i + 2}"
     if name.endswith(".jsonl"):
         return f"{path}:{i + 1}"
     return f"{path} row {i + 1}"
 
 
-def read_table(path: Path, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+def _first_bad_utf8(path: Path) -> str:
+    """`file:line` of the first line that is not UTF-8 (the error path only: a scan line by line)."""
+    import gzip
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as fh:
+            for i, raw in enumerate(fh, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    return f"{path}:{i}"
+    except (OSError, EOFError):
+        pass
+    return str(path)
+
+
+def read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
     """A table file as a DataFrame, every column that is not a list kept as read; ids are made strings by
     the caller. One-line errors for unreadable files (cut gzip, not UTF-8, not the format its name says)."""
     name = path.name.removesuffix(".gz")
@@ -93,10 +126,13 @@ def read_table(path: Path, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
             return pd.read_parquet(path)
         if name.endswith(".jsonl"):
             return pd.read_json(path, lines=True, dtype=False)
-        sep = "\t" if name.endswith(".tsv") else ","
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}). Save it as UTF-8.") from None
+        if sep is None:
+            sep = "\t" if name.endswith(".tsv") else ","
+        quoting = csv.QUOTE_NONE if name.endswith((".inter", ".item")) else csv.QUOTE_MINIMAL  # RecBole: no quoting
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8",
+                           quoting=quoting)
+    except UnicodeDecodeError:
+        raise DataError(f"{_first_bad_utf8(path)}: not UTF-8 text. Save it as UTF-8.") from None
     except (EOFError, OSError) as exc:
         raise DataError(f"{path}: cannot be read ({exc}); is it cut short? Copy it again.") from None
     except ValueError as exc:
@@ -155,6 +191,20 @@ def _present(v) -> bool:
     return str(v).strip() != ""
 
 
+def _text(v):
+    """A cell as item text: lists joined by spaces (Amazon 2023's `features`, `description`), dicts as
+    `key: value; ...` (its `details`), anything else as read."""
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return " ".join(str(x).strip() for x in v if _present(x))
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {str(x).strip()}" for k, x in v.items() if _present(x))
+    return v
+
+
+def _present_value(v) -> bool:
+    return _present(_text(v)) if isinstance(v, (list, tuple, np.ndarray, dict)) else _present(v)
+
+
 def path_of(value) -> list[str]:
     """One category path from a cell: a list / array of names, or a string `A > B > C`."""
     if isinstance(value, (list, tuple, np.ndarray)):
@@ -168,40 +218,51 @@ def path_of(value) -> list[str]:
     return [str(x).strip() for x in parts if str(x).strip()]
 
 
+def interactions_of(df: pd.DataFrame, path: Path, columns: dict[str, str], bad_records: str,
+                    report: dict) -> tuple[pd.DataFrame, str]:
+    """The interactions of a read log (any source): ids as strings, timestamps as seconds, the row order kept
+    as `line`; empty ids and unparseable timestamps stop with the row or are counted. Returns the unit found."""
+    report["review_lines"] = len(df)
+    if df.empty:
+        raise DataError(f"{path}: no rows.")
+    ucol, icol, tcol = (_column(df, path, k, columns) for k in REQUIRED)
+    users, items = _ids(df[ucol]), _ids(df[icol])
+    keep = _bad_rows((users == "").to_numpy(), path, ucol, "empty user id", "Every row needs a user.",
+                     bad_records, report, "reviews_skipped_empty_id")
+    keep &= _bad_rows((items == "").to_numpy(), path, icol, "empty item id", "Every row needs an item.",
+                      bad_records, report, "reviews_skipped_empty_id")
+    ts, bad_ts, unit = to_seconds(df[tcol])
+    keep &= _bad_rows(bad_ts & keep, path, tcol, f"not a timestamp ({df[tcol].iloc[int(np.argmax(bad_ts & keep))]!r})",
+                      "Use seconds, milliseconds or ISO-8601 (2014-03-01T12:00:00Z).", bad_records, report,
+                      "reviews_skipped_bad_timestamp")
+    inter = pd.DataFrame({"user_id": users.to_numpy(dtype=object)[keep], "asin": items.to_numpy(dtype=object)[keep],
+                          "ts": ts[keep], "line": np.flatnonzero(keep).astype(np.int64)})
+    return inter, unit
+
+
 def read_table_source(folder: Path, columns: dict[str, str], text_fields: tuple[str, ...],
                       bad_records: str = "error") -> Records:
     """Format `table`: interactions (+ items) of `folder` as Records."""
     report: dict[str, int] = {}
     ipath = _one(folder, "interactions", required=True)
-    df = read_table(ipath)
-    report["review_lines"] = len(df)
-    if df.empty:
-        raise DataError(f"{ipath}: no rows.")
-    ucol, icol, tcol = (_column(df, ipath, k, columns) for k in REQUIRED)
-    users, items = _ids(df[ucol]), _ids(df[icol])
-    keep = _bad_rows((users == "").to_numpy(), ipath, ucol, "empty user id", "Every row needs a user.",
-                     bad_records, report, "reviews_skipped_empty_id")
-    keep &= _bad_rows((items == "").to_numpy(), ipath, icol, "empty item id", "Every row needs an item.",
-                      bad_records, report, "reviews_skipped_empty_id")
-    ts, bad_ts, unit = to_seconds(df[tcol])
-    keep &= _bad_rows(bad_ts & keep, ipath, tcol, f"not a timestamp ({df[tcol].iloc[int(np.argmax(bad_ts & keep))]!r})",
-                      "Use seconds, milliseconds or ISO-8601 (2014-03-01T12:00:00Z).", bad_records, report,
-                      "reviews_skipped_bad_timestamp")
-    inter = pd.DataFrame({"user_id": users.to_numpy(dtype=object)[keep], "asin": items.to_numpy(dtype=object)[keep],
-                          "ts": ts[keep], "line": np.flatnonzero(keep).astype(np.int64)})
-    metas = _item_records(folder, columns, text_fields, set(inter["asin"]), bad_records, report)
+    inter, unit = interactions_of(read_table(ipath), ipath, columns, bad_records, report)
+    ppath = _one(folder, "items", required=False)
+    items = None if ppath is None else read_table(ppath)
+    metas = item_records(items, ppath or folder, columns, text_fields, set(inter["asin"]), bad_records, report)
     return Records(inter, metas, report, {"format": "table", "timestamps": unit}, str(ipath))
 
 
-def _item_records(folder: Path, columns: dict[str, str], text_fields: tuple[str, ...], wanted: set[str],
-                  bad_records: str, report: dict) -> dict[str, dict]:
-    """Per item of the log: its text fields and category path from the items file; an item the file lacks
-    (or with no items file at all) gets an empty record (no text, no tags; counted in the summary)."""
-    path = _one(folder, "items", required=False)
-    if path is None:
-        log.warning("%s: no items file: items have no text and no categories", folder)
+def item_records(df: pd.DataFrame | None, path: Path, columns: dict[str, str], text_fields: tuple[str, ...],
+                 wanted: set[str], bad_records: str, report: dict, split_path=None) -> dict[str, dict]:
+    """Per item of the log: its text fields and category path from the items table `df` (read from `path`).
+    With no items table every item gets an empty record (no text, no tags; counted in the summary); an item
+    the table lacks stops with one line, or (`bad_records: skip`) has no record, so `build` drops its
+    interactions and counts them (`reviews_without_meta`). `split_path(value) -> list[str]` reads a
+    categories cell (default `path_of`)."""
+    if df is None:
+        log.warning("%s: no items file: items have no text and no categories", path)
         return {a: {} for a in wanted}
-    df = read_table(path)
+    split_path = split_path or path_of
     report["meta_lines"] = len(df)
     icol = _column(df, path, "item_id", columns)
     ccol = columns.get("categories", "categories")
@@ -220,20 +281,25 @@ def _item_records(folder: Path, columns: dict[str, str], text_fields: tuple[str,
     df, ids = df[keep], ids[keep]
     inlog = ids.isin(wanted).to_numpy()
     df, ids = df[inlog], ids[inlog]
+    if len(ids) < len(wanted):  # items of the log that the items table lacks
+        lacking = sorted(wanted.difference(ids.to_numpy(dtype=object)))
+        if bad_records == "error":
+            raise DataError(f"{path}: {len(lacking):,} items of the log have no row (first: {lacking[0]!r}). Add "
+                            "them, or set `preprocess.bad_records: skip` to drop their interactions (counted).")
     present = [f for f in fields if columns.get(f, f) in df.columns]
     cols = {f: df[columns.get(f, f)].to_numpy(dtype=object) for f in present}
     cats = df[ccol].to_numpy(dtype=object) if ccol in df.columns else None
     out: dict[str, dict] = {}
     for j, a in enumerate(ids.to_numpy(dtype=object)):
-        rec = {f: v[j] for f, v in cols.items() if _present(v[j])}
-        p = path_of(cats[j]) if cats is not None else []
+        rec = {f: _text(v[j]) for f, v in cols.items() if _present_value(v[j])}
+        p = split_path(cats[j]) if cats is not None else []
         rec["categories"] = [[ROOT, *p]] if p else []
         out[a] = rec
     return out
 
 
 def read_custom(folder: str | Path, fmt: str, columns: dict[str, str], text_fields: tuple[str, ...],
-                bad_records: str = "error") -> Records:
+                bad_records: str = "error", seq_separator: str = " ") -> Records:
     """The `custom` dataset of `folder` in format `fmt` (`auto`: detected from the file names)."""
     folder = Path(folder)
     if fmt not in CUSTOM_FORMATS:
@@ -244,5 +310,75 @@ def read_custom(folder: str | Path, fmt: str, columns: dict[str, str], text_fiel
         raise DataError(f"{folder}: custom.dir is not a folder. Put your files there or pass -S custom.dir=PATH.")
     if fmt == "table":
         return read_table_source(folder, columns, text_fields, bad_records)
-    raise DataError(f"custom.format {fmt!r} is not implemented yet (issue 34): write your data as a table "
-                    "(interactions.csv with user_id, item_id, timestamp; see README \"Your own data\").")
+    if fmt == "recbole":
+        return read_recbole_source(folder, columns, text_fields, bad_records, seq_separator)
+    from .amazon2023 import read_amazon2023_source
+    return read_amazon2023_source(folder, columns, text_fields, bad_records)
+
+
+# ------------------------------------------------------------------------------------------ RecBole
+
+RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def read_atomic(path: Path, bad_records: str = "error") -> pd.DataFrame:
+    """A RecBole atomic file (`.inter`, `.item`): tab-separated, a header of `name:type` fields (types
+    token, token_seq, float, float_seq). Columns come back named without their types, every value a string;
+    float columns are checked to hold numbers (else one line naming the row and column; under
+    `bad_records: skip` not checked here: rows with a bad timestamp are counted and skipped later)."""
+    df = read_table(path, sep="\t")
+    names, floats, types = [], [], {}
+    for col in map(str, df.columns):
+        name, _, typ = col.rpartition(":")
+        if not name or typ not in RECBOLE_TYPES:
+            raise DataError(f"{path}:1: header field {col!r} has no RecBole type. Atomic files name each column "
+                            f"name:type with type one of {', '.join(RECBOLE_TYPES)} (e.g. user_id:token).")
+        names.append(name)
+        types[name] = typ
+        if typ == "float":
+            floats.append(name)
+    if len(set(names)) != len(names):
+        raise DataError(f"{path}:1: a column name appears twice in the header ({', '.join(names)}).")
+    df.columns = names
+    for name in floats if bad_records == "error" else ():  # skip: a bad timestamp is counted by interactions_of
+        vals = df[name]
+        wrong = (pd.to_numeric(vals, errors="coerce").isna() & (vals.str.strip() != "")).to_numpy()
+        if wrong.any():
+            i = int(np.argmax(wrong))
+            raise DataError(f"{_row_name(path, i)}: column '{name}' is typed float but holds {vals.iloc[i]!r}. "
+                            "Fix the value, or type the column token.")
+    df.attrs["types"] = types
+    return df
+
+
+def read_recbole_source(folder: Path, columns: dict[str, str], text_fields: tuple[str, ...],
+                        bad_records: str = "error", seq_separator: str = " ") -> Records:
+    """Format `recbole`: `<name>.inter` (+ `<name>.item`) in RecBole's atomic format as Records.
+
+    Categories (`.item`): a value with `>` is a path `A > B > C`; otherwise a `token_seq` value is the path's
+    names separated by `custom.seq_separator` (RecBole's `seq_separator`, a space by default) and a `token`
+    value is a one-level path. Text columns are taken as written (a `token_seq` keeps its separators)."""
+    inters = _atomic(folder, ".inter")
+    if len(inters) != 1:
+        raise DataError(f"{folder}: {'no' if not inters else 'several'} RecBole .inter files"
+                        f"{'' if not inters else ' (' + ', '.join(p.name for p in inters) + ')'}; keep one.")
+    ipath = inters[0]
+    report: dict[str, int] = {}
+    inter, unit = interactions_of(read_atomic(ipath, bad_records), ipath, columns, bad_records, report)
+    stem = ipath.name.removesuffix(".gz").removesuffix(".inter")
+    items = [p for p in _atomic(folder, ".item") if p.name.removesuffix(".gz").removesuffix(".item") == stem]
+    others = [p.name for p in _atomic(folder, ".item") if p not in items]
+    if others:
+        raise DataError(f"{folder}: {', '.join(others)} does not belong to {ipath.name}; name it {stem}.item.")
+    df = read_atomic(items[0], bad_records) if items else None
+    ccol = columns.get("categories", "categories")
+    seq = df is not None and df.attrs.get("types", {}).get(ccol) == "token_seq"
+
+    def split(value):
+        if isinstance(value, str) and seq and ">" not in value:
+            return [x.strip() for x in value.split(seq_separator) if x.strip()]
+        return path_of(value)
+
+    metas = item_records(df, items[0] if items else folder, columns, text_fields, set(inter["asin"]), bad_records,
+                         report, split)
+    return Records(inter, metas, report, {"format": "recbole", "timestamps": unit}, str(ipath))

@@ -63,7 +63,7 @@ class Query:
 @dataclass
 class Result:
     query: Query
-    items: list[dict]  # {"asin", "title", "score"}, best first
+    items: list[dict]  # {"item" (the dataset's own id: an asin, or your item_id), "title", "score"}, best first
 
 
 @dataclass
@@ -172,7 +172,7 @@ class Recommender:
         top, scores = rank(self.model, data, np.arange(len(data)), self.trie, beam, k, batch, self.device,
                            self.amp, progress, self.norm, with_scores=True)
         asins, titles = self.items["asin"].to_numpy(), self.items["title"].to_numpy()
-        return [Result(q, [{"asin": str(asins[i]), "title": str(titles[i]), "score": round(float(s), 4)}
+        return [Result(q, [{"item": str(asins[i]), "title": str(titles[i]), "score": round(float(s), 4)}
                            for i, s in zip(row, srow) if i >= 0])
                 for q, row, srow in zip(kept, top, scores)]
 
