@@ -34,6 +34,19 @@ def decode_batch(setting: int | str, device: str) -> int:
     return setting
 
 
+def _same_length_chunks(sorted_lengths: np.ndarray, batch: int) -> list[tuple[int, int]]:
+    """(start, end) of batches of at most `batch` users that all have the same history length (lengths
+    sorted): no batch pads a history, so a user's decode has the same shapes whatever the batch size."""
+    cuts = np.flatnonzero(np.diff(sorted_lengths)) + 1
+    bounds = np.concatenate([[0], cuts, [len(sorted_lengths)]])
+    return [(int(a), int(min(a + batch, b))) for a, b in zip(bounds[:-1], bounds[1:]) for a in range(a, b, batch)]
+
+
+# users per beam search at least: a CPU matmul of 1-5 rows takes another kernel than one of more rows (oneDNN /
+# MKL small-M paths, ~1e-5 apart in fp32), so a batch of fewer users would rank near-ties differently
+MIN_ROWS = 8
+
+
 @torch.no_grad()
 def rank(model, data: SeqData, idx: np.ndarray, trie: TrieIndex, beam: int, topk: int, batch: int | str,
          device: str, amp: AmpChoice | str = "off", progress: str | None = None, norm: str = "renorm",
@@ -41,21 +54,27 @@ def rank(model, data: SeqData, idx: np.ndarray, trie: TrieIndex, beam: int, topk
     """Top-k item lists (n, topk) for the samples `idx`, by trie-constrained beam search (and their
     log-probabilities (n, topk) with `with_scores`); `batch` users at a time (`decode_batch`).
     `amp` is the ranking precision (`evaluate.amp`, pipeline/amp.py): under `off` (fp32) a user's list
-    and scores do not depend on `batch` or on which users share its batch."""
+    and scores do not depend on `batch` or on which users share its batch: a batch holds users of one history
+    length (no padding) and a batch of fewer than `MIN_ROWS` users is filled with copies, so that a user's
+    decode runs the same shapes and CPU kernels at any batch size (bit-identical scores, tested)."""
     model.eval()
     batch = decode_batch(batch, device)
     amp = amp if isinstance(amp, AmpChoice) else resolve_decode_amp(amp, device)
     out, sc = [], []
-    perm = np.argsort(data.lengths[idx], kind="stable")  # similar lengths per batch
+    perm = np.argsort(data.lengths[idx], kind="stable")
     order = idx[perm]
-    steps = range(0, len(order), batch)
-    for s in (progress_bar(steps, desc=progress, leave=False) if progress else steps):
-        b = data.batch(order[s:s + batch], model.cfg.time_buckets, device, model.cfg.causal)
+    steps = _same_length_chunks(data.lengths[order], batch)
+    for s, e in (progress_bar(steps, desc=progress, leave=False) if progress else steps):
+        sel = order[s:e]
+        n = len(sel)
+        if n < MIN_ROWS:  # CPU GEMMs of <= 5 rows take another kernel: pad with copies of the first user
+            sel = np.concatenate([sel, np.repeat(sel[:1], MIN_ROWS - n)])
+        b = data.batch(sel, model.cfg.time_buckets, device, model.cfg.causal)
         with autocast(device, amp):
             items, scores = beam_search(model, b, trie, beam, topk, norm)
-        out.append(items.cpu().numpy())
+        out.append(items[:n].cpu().numpy())
         if with_scores:
-            sc.append(scores.float().cpu().numpy())
+            sc.append(scores[:n].float().cpu().numpy())
     ranked = np.concatenate(out) if out else np.zeros((0, topk), np.int64)
     res = np.empty_like(ranked)
     res[perm] = ranked  # back to the order of idx
