@@ -19,6 +19,9 @@ AMAZON2014: dict[str, str] = {
 AMAZON2014_TEXT_FIELDS = ("title", "brand", "categories", "price", "salesRank", "description")
 # `dataset: custom` reads the user's own files from `custom.dir` (pipeline/data/custom.py)
 DATASETS = (*AMAZON2014, "custom")
+# the item text of Amazon Reviews 2023 when `preprocess.text_fields` is left at the 2014 list (which names
+# `brand` and `salesRank`, fields the 2023 meta does not have)
+AMAZON2023_TEXT_FIELDS = ("title", "store", "features", "categories", "description")
 # `dataset: amazon23:<Category>`: a category of Amazon Reviews 2023, fetched by name (pipeline/data/amazon2023.py)
 AMAZON2023 = (
     "All_Beauty", "Amazon_Fashion", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Baby_Products",

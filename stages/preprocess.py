@@ -4,11 +4,11 @@ from pathlib import Path
 
 import typer
 
-from pipeline.choices import AMAZON2014_TEXT_FIELDS
+from pipeline.choices import AMAZON2014_TEXT_FIELDS, AMAZON2023_TEXT_FIELDS
 from pipeline.data.amazon import ensure_raw
 from pipeline.data.amazon2023 import PREFIX as AMAZON23
 from pipeline.data.amazon2023 import category_of, ensure_amazon2023, read_amazon2023_source
-from pipeline.data.custom import REQUIRED, read_custom
+from pipeline.data.custom import REQUIRED, detect_format, read_custom
 from pipeline.data.preprocess import PreprocessConfig, build, preprocess
 from pipeline.data.synthetic import generate
 from pipeline.utils import ParamError, write_metrics, write_parquet
@@ -36,6 +36,11 @@ def preprocess_cmd(
     custom_dir, custom_format = p["custom.dir"], p["custom.format"]
     columns = {k: p[f"custom.columns.{k}"] for k in COLUMNS}
     if dataset == "custom" or dataset.startswith(AMAZON23):
+        fmt = "amazon2023" if dataset.startswith(AMAZON23) else custom_format
+        if fmt == "auto":
+            fmt = detect_format(Path(custom_dir))
+        if fmt == "amazon2023" and tuple(cfg.text_fields) == AMAZON2014_TEXT_FIELDS:  # left at the 2014 list
+            cfg.text_fields = AMAZON2023_TEXT_FIELDS
         if dataset == "custom":
             rec = read_custom(custom_dir, custom_format, columns, cfg.text_fields, cfg.bad_records,
                               p["custom.seq_separator"])
@@ -44,7 +49,7 @@ def preprocess_cmd(
             folder = ensure_amazon2023(raw_dir, category, allow_download=allow_download)
             rec = read_amazon2023_source(folder, {}, cfg.text_fields, cfg.bad_records, category=category)
         res = build(rec.interactions, rec.metas, cfg, rec.report, rec.source, str(Path(rec.source).parent))
-        detected = rec.notes
+        detected = {**rec.notes, "text_fields": ", ".join(cfg.text_fields)}
     else:
         unknown = [f for f in cfg.text_fields if f not in AMAZON2014_TEXT_FIELDS]
         if unknown:

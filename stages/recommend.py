@@ -61,7 +61,7 @@ def _text(path: Path) -> str:
 
 
 def read_queries(path: Path) -> list[Query | QueryError]:
-    """Queries from a JSON-lines file ({"user": ID} or {"history": [ASIN, ...], "times": [...], "id": ...})
+    """Queries from a JSON-lines file ({"user": ID} or {"history": [ITEM_ID, ...], "times": [...], "id": ...})
     or a CSV file (columns `user` or `history`, optional `times`, `id`; lists separated by spaces,
     `;` or `|`). A malformed line becomes a QueryError in place, so that it can be skipped and counted;
     a file that is not UTF-8 text is one QueryError naming the line."""
@@ -99,7 +99,7 @@ def read_queries(path: Path) -> list[Query | QueryError]:
         except (ValueError, RecursionError) as exc:
             msg = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
             out.append(QueryError(f"{where}: malformed line ({msg[:200]}); expected e.g. "
-                                  '{"history": ["ASIN1", "ASIN2"]} or {"user": "REVIEWER_ID"}'))
+                                  '{"history": ["ITEM_ID1", "ITEM_ID2"]} or {"user": "USER_ID"}'))
         except QueryError as exc:
             out.append(exc)
     return out
@@ -114,7 +114,7 @@ def _query(obj: dict, where: str) -> Query:
     user = obj.get("user")
     if user not in (None, ""):
         if not isinstance(user, (str, int)) or isinstance(user, bool):
-            raise QueryError(f"{where}: `user` must be a reviewerID string, got {type(user).__name__}.")
+            raise QueryError(f"{where}: `user` must be a user id (a string), got {type(user).__name__}.")
         return Query([], None, label, user=str(user))
     hist = obj.get("history")
     if hist is None:
@@ -124,7 +124,7 @@ def _query(obj: dict, where: str) -> Query:
     elif isinstance(hist, list) and all(isinstance(h, str) for h in hist):
         hist = list(hist)
     else:
-        raise QueryError(f"{where}: `history` must be a list of asin strings (or one string of asins), got "
+        raise QueryError(f"{where}: `history` must be a list of item id strings (or one string of ids), got "
                          f"{type(hist).__name__}{' with non-string items' if isinstance(hist, list) else ''}.")
     return Query(hist, _times(obj.get("times"), where), label)
 
@@ -152,7 +152,7 @@ def recommend_cmd(
     params_file: Path = PARAMS_OPT,
     set_: list[str] = SET_OPT,
 ):
-    """Top-K items for dataset users or for histories of asins, from the trained pipeline (JSON lines)."""
+    """Top-K items for dataset users or for histories of item ids, from the trained pipeline (JSON lines)."""
     if on_error not in ("error", "skip"):
         raise QueryError(f"--on-error must be 'error' or 'skip', got '{on_error}'")
     queries: list[Query | QueryError] = []
@@ -176,7 +176,7 @@ def recommend_cmd(
     results = rec.recommend_queries([q for q in queries if isinstance(q, Query)], k, beam, batch, on_error,
                                     truncate, progress="recommend")
     wall = time.time() - t0
-    fh = open(out, "w") if out else sys.stdout
+    fh = open(out, "w", encoding="utf-8") if out else sys.stdout
     try:
         for r in results:
             q = r.query

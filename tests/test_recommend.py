@@ -138,7 +138,7 @@ def test_bad_queries_raise_or_are_counted(trained):
     rec = _load(trained)
     good = rec.items["asin"].iloc[0]
     bad = {
-        "unknown asin": Query(["NOPE"], label="q1"),
+        "unknown item id": Query(["NOPE"], label="q1"),
         "empty history": Query([], label="q2"),
         "unknown user": Query([], label="q3", user="U_NOBODY"),
         "longer than the model's window": Query([good] * (rec.max_len + 1), label="q4"),

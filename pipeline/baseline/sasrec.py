@@ -28,6 +28,7 @@ from pipeline.utils import ParamError, log, resume_from, write_torch
 from pipeline.config import from_params
 
 KS = (5, 10, 20)
+ITEM_CHUNK = 1 << 16  # items scored at once when ranking (SASRec.top_items)
 
 
 @dataclass
@@ -102,8 +103,27 @@ class SASRec(nn.Module):
             b = data.batch(idx, 1, device)
             h = self.states(b["hist"])
             last = (~b["pad"]).sum(1) - 1
-            out.append(self.scores(h[torch.arange(len(idx), device=device), last]).topk(k, dim=-1).indices.cpu().numpy())
+            out.append(self.top_items(h[torch.arange(len(idx), device=device), last], k).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+
+    def top_items(self, h: torch.Tensor, k: int, chunk: int = ITEM_CHUNK) -> torch.Tensor:
+        """The k best items (B, k) for states h (B, d), scoring `chunk` items at a time and keeping a running
+        top-k, so that a batch never holds B x |I| scores (1024 users x 1M items would be 4 GB). The same
+        items as `scores(h).topk(k)` (tested; exactly equal scores may come in either order)."""
+        table = self.item.weight[: self.cfg.n_items]
+        best_s = best_i = None
+        for s in range(0, len(table), chunk):
+            sc = h @ table[s:s + chunk].T
+            ts, ti = sc.topk(min(k, sc.shape[1]), dim=-1)
+            ti = ti + s
+            if best_s is None:
+                best_s, best_i = ts, ti
+            else:
+                cs, ci = torch.cat([best_s, ts], 1), torch.cat([best_i, ti], 1)
+                # stable order: by score, then by item id (the earlier chunk's ids are lower)
+                order = torch.sort(cs, dim=1, descending=True, stable=True).indices[:, :k]
+                best_s, best_i = cs.gather(1, order), ci.gather(1, order)
+        return best_i
 
 
 def evaluate(model: SASRec, data: SeqData, device: str, batch: int) -> dict[str, float]:

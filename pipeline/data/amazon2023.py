@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import json
 import urllib.error
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -29,7 +30,7 @@ import pyarrow.json as pj
 from ..choices import AMAZON2023
 from ..utils import DataError, log
 from .amazon import download, verify_checksum
-from .custom import Records, _amazon2023_pairs, interactions_of, item_records
+from .custom import Records, _amazon2023_pairs, interactions_of, item_records, why
 
 BASE_URL = "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_2023/raw/"
 REVIEW_COLUMNS = {"user_id": "user_id", "item_id": "parent_asin", "timestamp": "timestamp"}
@@ -92,15 +93,15 @@ def _scan(path: Path, fields: tuple[str, ...], bad_records: str, report: dict, c
                 except (ValueError, UnicodeDecodeError) as exc:
                     if bad_records == "error":
                         what = ("not UTF-8 text" if isinstance(exc, UnicodeDecodeError)
-                                else f"not a JSON object ({str(exc).splitlines()[0][:80]})")
+                                else f"not a JSON object ({why(exc, 80)})")
                         raise DataError(f"{path}:{i}: {what}. Fix or drop the line, or set "
                                         "`preprocess.bad_records: skip` to count and skip such lines.") from None
                     bad += 1
                     continue
                 if keep is None or keep(rec):
                     rows.append({f: rec.get(f) for f in fields} if fields else rec)
-    except (EOFError, OSError, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: cannot be read ({exc}); is it cut short? Copy it again.") from None
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot be read ({why(exc)}); is it cut short? Copy it again.") from None
     if bad:
         report[code] = report.get(code, 0) + bad
     return pd.DataFrame(rows, columns=list(fields) if fields else None)
@@ -114,8 +115,8 @@ def read_reviews(path: Path, bad_records: str, report: dict) -> pd.DataFrame:
         table = pj.read_json(path, read_options=pj.ReadOptions(block_size=16 << 20),
                              parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
         return table.to_pandas()
-    except (pa.ArrowInvalid, OSError, EOFError) as exc:  # damaged: find the line, or count and skip
-        log.info("%s: %s; reading line by line", path, str(exc).splitlines()[0][:120])
+    except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as exc:  # damaged: find the line, or count and skip
+        log.info("%s: %s; reading line by line", path, why(exc))
         df = _scan(path, fields, bad_records, report, "reviews_skipped_bad_json")
         return df
 
@@ -133,8 +134,8 @@ def read_meta(path: Path, wanted: set[str], bad_records: str, report: dict, chun
         df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["parent_asin"])
     except DataError:
         raise
-    except (ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
-        log.info("%s: %s; reading line by line", path, str(exc).splitlines()[0][:120] if str(exc) else exc)
+    except (ValueError, OSError, EOFError, zlib.error) as exc:
+        log.info("%s: %s; reading line by line", path, why(exc))
         df = _scan(path, (), bad_records, report, "meta_skipped_bad_json",
                    keep=lambda r: str(r.get("parent_asin")) in wanted)
         lines = None

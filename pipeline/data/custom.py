@@ -57,7 +57,13 @@ def _atomic(folder: Path, suffix: str) -> list[Path]:
 def _amazon2023_pairs(folder: Path) -> list[tuple[Path, Path]]:
     """(reviews, meta) file pairs of the Amazon Reviews 2023 layout: `<Category>.jsonl[.gz]` beside
     `meta_<Category>.jsonl[.gz]`."""
-    files = {p.name.removesuffix(".gz"): p for p in folder.iterdir() if p.is_file()}
+    files: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file():
+            name = p.name.removesuffix(".gz")
+            if name.endswith(".jsonl") and name in files:
+                raise DataError(f"{folder}: {files[name].name} and {p.name} are the same file twice; keep one.")
+            files[name] = p
     return sorted((files[n], files["meta_" + n]) for n in files
                   if n.endswith(".jsonl") and not n.startswith("meta_") and n != "interactions.jsonl"
                   and n != "items.jsonl" and "meta_" + n in files)
@@ -102,6 +108,12 @@ def _row_name(path: Path, i: int) -> str:
     return f"{path} row {i + 1}"
 
 
+def why(exc: BaseException, limit: int = 160) -> str:
+    """A library's error message on one line (some span several), cut to `limit` characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _first_bad_utf8(path: Path) -> str:
     """`file:line` of the first line that is not UTF-8 (the error path only: a scan line by line)."""
     import gzip
@@ -134,12 +146,12 @@ def read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
     except UnicodeDecodeError:
         raise DataError(f"{_first_bad_utf8(path)}: not UTF-8 text. Save it as UTF-8.") from None
     except (EOFError, OSError) as exc:
-        raise DataError(f"{path}: cannot be read ({exc}); is it cut short? Copy it again.") from None
+        raise DataError(f"{path}: cannot be read ({why(exc)}); is it cut short? Copy it again.") from None
     except ValueError as exc:
-        raise DataError(f"{path}: not a valid {name.rsplit('.', 1)[-1]} file ({str(exc).splitlines()[0]}).") from None
+        raise DataError(f"{path}: not a valid {name.rsplit('.', 1)[-1]} file ({why(exc)}).") from None
     except Exception as exc:  # pyarrow / parser errors of a damaged file
         raise DataError(f"{path}: cannot be read as {name.rsplit('.', 1)[-1]} ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}).") from None
+                        f"{why(exc)}).") from None
 
 
 def _column(df: pd.DataFrame, path: Path, key: str, columns: dict[str, str]) -> str:
@@ -150,26 +162,53 @@ def _column(df: pd.DataFrame, path: Path, key: str, columns: dict[str, str]) -> 
     return col
 
 
-def _ids(s: pd.Series) -> pd.Series:
-    """Ids as strings (numbers read from JSON/Parquet too); missing -> ''."""
-    out = s.astype("string").fillna("")
-    return out.str.strip()
+def _ids(s: pd.Series, path: Path, column: str) -> pd.Series:
+    """Ids as strings, as written (not stripped; missing -> ''). Integers read from JSON/Parquet keep their
+    integer text even where a missing value made pandas read the column as floats ('12', not '12.0'). A
+    column of lists or records is the wrong type: one line naming the row."""
+    if s.dtype == object:  # JSONL / Parquet cells of mixed kinds (CSV is read as strings)
+        nested = s.map(lambda v: isinstance(v, (list, dict, tuple, np.ndarray))).to_numpy(dtype=bool)
+        if nested.any():
+            i = int(np.argmax(nested))
+            raise DataError(f"{_row_name(path, i)}: column '{column}' holds {type(s.iloc[i]).__name__} "
+                            f"{str(s.iloc[i])[:60]!r}, not an id. Ids are strings or whole numbers.")
+    elif pd.api.types.is_float_dtype(s):
+        v = s.to_numpy(dtype=float)
+        fin = np.isfinite(v)
+        if (v[fin] == np.floor(v[fin])).all():
+            s = s.astype("Int64")
+    return s.astype("string").fillna("")
+
+
+# timestamps outside [1970, 2100) are bad rows: a typo of a digit, or a unit the column does not share
+TIME_RANGE = (0, 4_102_444_800)
 
 
 def to_seconds(values: pd.Series) -> tuple[np.ndarray, np.ndarray, str]:
-    """Timestamps as int64 seconds, a mask of the unparseable ones, and the unit found: `seconds`,
-    `milliseconds` (numbers above 1e11: later than 5138 in seconds, after 1973 in ms) or `ISO-8601`."""
-    nums = pd.to_numeric(values, errors="coerce")
-    if nums.notna().mean() >= 0.5:  # numbers (a few bad ones are bad rows, not another unit)
-        ms = bool(np.nanmax(nums.to_numpy(dtype=float)) > 1e11) if nums.notna().any() else False
-        secs = np.floor(nums.to_numpy(dtype=float) / (1000.0 if ms else 1.0))
-        bad = ~np.isfinite(secs)
-        return np.where(bad, 0, secs).astype(np.int64), bad, "milliseconds" if ms else "seconds"
-    when = pd.to_datetime(values.astype("string"), utc=True, errors="coerce", format="ISO8601")
-    bad = when.isna().to_numpy()
+    """Timestamps as int64 seconds, a mask of the unparseable or out-of-range ones (before 1970 or from
+    2100), and the unit found: `seconds`, `milliseconds` (the column's median above 1e11: later than 5138 in
+    seconds, after 1973 in ms; one outlier does not rescale the column), `ISO-8601` (strings) or `datetime`
+    (a Parquet timestamp column). Booleans are not timestamps."""
     epoch = pd.Timestamp(0, tz="UTC")
+    if pd.api.types.is_bool_dtype(values):
+        return np.zeros(len(values), np.int64), np.ones(len(values), bool), "boolean"
+    if pd.api.types.is_datetime64_any_dtype(values):
+        when = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+        unit = "datetime"
+    else:
+        nums = pd.to_numeric(values, errors="coerce")
+        if nums.notna().mean() >= 0.5:  # numbers (a few bad ones are bad rows, not another unit)
+            f = nums.to_numpy(dtype=float)
+            ms = bool(np.nanmedian(f[np.isfinite(f)]) > 1e11) if np.isfinite(f).any() else False
+            secs = np.floor(f / (1000.0 if ms else 1.0))
+            bad = ~np.isfinite(secs) | (secs < TIME_RANGE[0]) | (secs >= TIME_RANGE[1])
+            return np.where(bad, 0, secs).astype(np.int64), bad, "milliseconds" if ms else "seconds"
+        when = pd.to_datetime(values.astype("string"), utc=True, errors="coerce", format="ISO8601")
+        unit = "ISO-8601"
+    bad = when.isna().to_numpy().copy()
     secs = ((when.fillna(epoch) - epoch) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)  # any resolution
-    return np.where(bad, 0, secs).astype(np.int64), bad, "ISO-8601"
+    bad |= (secs < TIME_RANGE[0]) | (secs >= TIME_RANGE[1])
+    return np.where(bad, 0, secs).astype(np.int64), bad, unit
 
 
 def _bad_rows(mask: np.ndarray, path: Path, column: str, what: str, fix: str, mode: str, report: dict,
@@ -226,13 +265,14 @@ def interactions_of(df: pd.DataFrame, path: Path, columns: dict[str, str], bad_r
     if df.empty:
         raise DataError(f"{path}: no rows.")
     ucol, icol, tcol = (_column(df, path, k, columns) for k in REQUIRED)
-    users, items = _ids(df[ucol]), _ids(df[icol])
-    keep = _bad_rows((users == "").to_numpy(), path, ucol, "empty user id", "Every row needs a user.",
+    users, items = _ids(df[ucol], path, ucol), _ids(df[icol], path, icol)
+    keep = _bad_rows((users.str.strip() == "").to_numpy(), path, ucol, "empty user id", "Every row needs a user.",
                      bad_records, report, "reviews_skipped_empty_id")
-    keep &= _bad_rows((items == "").to_numpy(), path, icol, "empty item id", "Every row needs an item.",
+    keep &= _bad_rows((items.str.strip() == "").to_numpy(), path, icol, "empty item id", "Every row needs an item.",
                       bad_records, report, "reviews_skipped_empty_id")
     ts, bad_ts, unit = to_seconds(df[tcol])
-    keep &= _bad_rows(bad_ts & keep, path, tcol, f"not a timestamp ({df[tcol].iloc[int(np.argmax(bad_ts & keep))]!r})",
+    keep &= _bad_rows(bad_ts & keep, path, tcol, f"not a timestamp between 1970 and 2100 "
+                      f"({df[tcol].iloc[int(np.argmax(bad_ts & keep))]!r}; the column reads as {unit})",
                       "Use seconds, milliseconds or ISO-8601 (2014-03-01T12:00:00Z).", bad_records, report,
                       "reviews_skipped_bad_timestamp")
     inter = pd.DataFrame({"user_id": users.to_numpy(dtype=object)[keep], "asin": items.to_numpy(dtype=object)[keep],
@@ -263,7 +303,7 @@ def item_records(df: pd.DataFrame | None, path: Path, columns: dict[str, str], t
         log.warning("%s: no items file: items have no text and no categories", path)
         return {a: {} for a in wanted}
     split_path = split_path or path_of
-    report["meta_lines"] = len(df)
+    report.setdefault("meta_lines", len(df))
     icol = _column(df, path, "item_id", columns)
     ccol = columns.get("categories", "categories")
     fields = [f for f in text_fields if f != "categories"]
@@ -272,8 +312,12 @@ def item_records(df: pd.DataFrame | None, path: Path, columns: dict[str, str], t
         raise DataError(f"{path}: none of the text columns {', '.join(fields)} (preprocess.text_fields) nor "
                         f"'{ccol}' is a column (its columns: {', '.join(map(str, df.columns))}). Name yours with "
                         "-S preprocess.text_fields=[...].")
-    ids = _ids(df[icol])
-    keep = _bad_rows((ids == "").to_numpy(), path, icol, "empty item id", "Every row needs an item.", bad_records,
+    if missing:  # said, and counted in the summary: a misspelt field must not vanish quietly
+        log.warning("%s: preprocess.text_fields %s are not columns (its columns: %s); the item text is made of "
+                    "the others", path, ", ".join(missing), ", ".join(map(str, df.columns)))
+        report["text_fields_not_in_items"] = len(missing)
+    ids = _ids(df[icol], path, icol)
+    keep = _bad_rows((ids.str.strip() == "").to_numpy(), path, icol, "empty item id", "Every row needs an item.", bad_records,
                      report, "meta_skipped_empty_id")
     dup = ids.duplicated(keep="first").to_numpy() & keep
     keep &= _bad_rows(dup, path, icol, f"item {ids.iloc[int(np.argmax(dup))]!r} appears twice",

@@ -2,14 +2,14 @@
 
     from pipeline.recommender.recommend import Recommender
     rec = Recommender.load()                          # the DVC outputs of `dvc repro`
-    rec.recommend([["S000642303", "S000824615"]], k=10)   # histories of asins, oldest first
-    rec.recommend_users(["U000197807826"], k=10)          # dataset users by reviewerID
+    rec.recommend([["S000642303", "S000824615"]], k=10)   # histories of item ids, oldest first
+    rec.recommend_users(["U000197807826"], k=10)          # dataset users by their id
 
-A query is a history of asins, oldest first, with optional unix timestamps (for Δt, Eq. 10; without
-them every item counts as bought the same day). Dataset users are looked up by reviewerID: their
+A query is a history of item ids (the dataset's own: asins, or your `item_id`s), oldest first, with optional unix timestamps (for Δt, Eq. 10; without
+them every item counts as bought the same day). Dataset users are looked up by their id (reviewerID, or your `user_id`): their
 whole known sequence (train, valid and test items) is the history, so the result is the next-item
 recommendation after the last item seen. Results are ranked by trie-constrained beam search over all
-items (the same `rank` as `prism evaluate`): each item with its asin, title and log-probability.
+items (the same `rank` as `prism evaluate`): each item with its id (`item`), title and log-probability.
 
 Bad queries raise `QueryError` naming the query and the fix; `on_error="skip"` skips them instead
 and counts them in `skipped`.
@@ -47,12 +47,12 @@ def ranking_settings(p: Params | None) -> dict:
 
 
 class QueryError(DataError):
-    """A query that cannot be answered (unknown asin or user, empty or too long history, bad line)."""
+    """A query that cannot be answered (unknown item or user, empty or too long history, bad line)."""
 
 
 @dataclass
 class Query:
-    """One request: a history of asins (oldest first), optional unix times, and a label for messages."""
+    """One request: a history of item ids (oldest first), optional unix times, and a label for messages."""
 
     history: list[str]
     times: list[int] | None = None
@@ -72,8 +72,8 @@ class Recommender:
     cfg: RecConfig
     trie: TrieIndex
     items: pd.DataFrame
-    users: dict[str, tuple[np.ndarray, np.ndarray]]  # reviewerID -> (item ids, times), whole sequence
-    asin_index: dict[str, int]  # asin -> item id
+    users: dict[str, tuple[np.ndarray, np.ndarray]]  # user id -> (item indices, times), whole sequence
+    asin_index: dict[str, int]  # item id (asin) -> item index
     device: str
     amp: object
     norm: str = "renorm"
@@ -119,22 +119,22 @@ class Recommender:
         where = f"{q.label}: " if q.label else ""
         if q.user is not None:
             if q.user not in self.users:
-                raise QueryError(f"{where}unknown user '{q.user}': not a reviewerID of this dataset "
-                                 f"({len(self.users):,} users). Give the user's history as asins instead.")
+                raise QueryError(f"{where}unknown user '{q.user}': not a user id of this dataset "
+                                 f"({len(self.users):,} users). Give the user's history as item ids instead.")
             ids, times = self.users[q.user]
         else:
             if not q.history:
-                raise QueryError(f"{where}empty history: give at least one asin.")
+                raise QueryError(f"{where}empty history: give at least one item id.")
             index = self.asin_index
             unknown = [a for a in q.history if a not in index]
             if unknown:
-                raise QueryError(f"{where}unknown asin(s) {', '.join(map(repr, unknown[:5]))}"
+                raise QueryError(f"{where}unknown item id(s) {', '.join(map(repr, unknown[:5]))}"
                                  f"{' …' if len(unknown) > 5 else ''}: not in this dataset's item set "
                                  f"({len(index):,} items, data/processed/items.parquet). Remove them.")
             ids = np.array([index[a] for a in q.history], np.int64)
             if q.times is not None and len(q.times) != len(q.history):
-                raise QueryError(f"{where}{len(q.times)} timestamps for {len(q.history)} asins: give one "
-                                 "unix time per asin, or none (same day).")
+                raise QueryError(f"{where}{len(q.times)} timestamps for {len(q.history)} items: give one "
+                                 "unix time per item, or none (same day).")
             times = np.array(q.times if q.times is not None else [0] * len(ids), np.int64)
         if len(ids) > self.max_len:
             if not truncate and q.user is None:
@@ -184,13 +184,13 @@ class Recommender:
 
     def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, times: Sequence[Sequence[int]] | None = None,
                   **kw) -> list[list[dict]]:
-        """Top-k items for each history of asins (oldest first); `times`: unix seconds per asin."""
+        """Top-k items for each history of item ids (oldest first); `times`: unix seconds per item."""
         qs = [Query(list(h), list(times[i]) if times is not None else None, f"history {i + 1}")
               for i, h in enumerate(histories)]
         return [r.items for r in self.recommend_queries(qs, k, **kw)]
 
     def recommend_users(self, users: Sequence[str], k: int = 10, **kw) -> list[list[dict]]:
-        """Top-k next items for dataset users (reviewerID), after their whole known sequence."""
+        """Top-k next items for dataset users (by id), after their whole known sequence."""
         qs = [Query([], None, f"user {u}", user=u) for u in users]
         return [r.items for r in self.recommend_queries(qs, k, **kw)]
 
