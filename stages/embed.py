@@ -19,6 +19,8 @@ def embed_cmd(
     set_: list[str] = SET_OPT,
     data: Path = typer.Option(Path("data/processed"), help="preprocess output folder"),
     out: Path = typer.Option(Path("data/features"), help="output folder for the embeddings"),
+    resume: Path = typer.Option(Path("models/embed_checkpoints"), help="chunks of a large catalogue, kept until "
+                                "the stage ends, so that a killed run goes on (not a DVC output)"),
 ):
     """Content embeddings of items (e_cont) and of tag names per depth (HSA anchors)."""
     p = params(params_file, set_)
@@ -28,7 +30,7 @@ def embed_cmd(
     items = pd.read_parquet(data / "items.parquet")
     tags = pd.read_parquet(data / "tags.parquet")
     bs = p["embed.batch_size"]
-    content = encode(model, items["text"].tolist(), bs, "item texts")
+    content = encode(model, items["text"].tolist(), bs, "item texts", resume=resume, name=p["embed_model"])
     write_npy(out / "content.npy", content)
     # every depth of the items' tag columns, also one without any tag (data without categories): (0, dim)
     depths = sorted(int(c[4:]) for c in items.columns if c.startswith("tag_") and c[4:].isdigit())

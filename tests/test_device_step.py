@@ -171,3 +171,33 @@ def test_the_training_loss_compiles_whole_without_recompiles(world, causal):
             parts = train_step(m, opt, data.batch(plan, j)[0], "cpu", "off", 1.0, None, loss_fn)
             assert torch.isfinite(parts["total"]) and {"gen", "ssa", "total"} <= parts.keys()
     assert all(not torch.equal(before[k], v) for k, v in m.named_parameters() if k != "dsi.eta_logit")
+
+
+def test_device_samples_are_int32_and_built_in_chunks_equal_to_one_pass(monkeypatch):
+    """Issue 35: the device-resident samples are int32 (half of int64: 10M samples x 2 x 20 slots is 1.6 GB)
+    and built in chunks of rows; the batches a step reads are the same int64 tensors as before, whatever
+    the chunk size, for both kinds of training data."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from pipeline.recommender.seqdata import DeviceSamples, SeqData, Windows
+
+    rng = np.random.default_rng(0)
+    lens = rng.integers(3, 30, size=57)
+    train = pd.DataFrame({"items": [rng.integers(0, 500, n) for n in lens],
+                          "times": [np.sort(rng.integers(0, 10**8, n)) for n in lens]})
+    for data in (SeqData.from_train(train, 20), Windows.from_train(train, 20, 0)):
+        want = DeviceSamples(data, 16, "cpu")
+        monkeypatch.setattr(DeviceSamples, "CHUNK", 7)
+        got = DeviceSamples(data, 16, "cpu")
+        monkeypatch.undo()
+        assert got.rows.dtype == torch.int32 and torch.equal(got.rows, want.rows)
+        plan = got.upload(data.plan(16, np.random.default_rng(1), True), False)
+        b, _ = got.batch(plan, 0)
+        assert b["hist"].dtype == torch.int64 and b["dt"].dtype == torch.int64
+        ref = data.batch(plan.batches[0].rows, 16) if isinstance(data, Windows) else \
+            data.batch(plan.batches[0].rows, 16, buckets=(plan.batches[0].width,))
+        w = plan.batches[0].width
+        assert torch.equal(b["hist"], ref["hist"][:, :w]) and torch.equal(b["dt"], ref["dt"][:, :w])
+        assert torch.equal(b["target"], ref["target"][:, :w] if isinstance(data, Windows) else ref["target"])

