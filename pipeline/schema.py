@@ -136,6 +136,7 @@ SPEC: dict[str, Rule] = {
     "preprocess.text_fields": ListOf(TEXT, min_len=1, unique=True),  # 2014 sets: TEXT_FIELDS (stage check)
     "preprocess.bad_records": Choice("error", "skip"),
     "embed.batch_size": POS,
+    "embed.amp": Choice("auto", "bf16", "off"),
     "collab.method": Choice("lightgcn", "als"),
     "collab.dim": POS,
     "collab.layers": COUNT,

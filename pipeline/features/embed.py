@@ -7,6 +7,7 @@ its package folder with the same `SentenceTransformer(path)` call that loads any
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.amp import autocast
 from pipeline.progress import interactive, progress
 from pipeline.utils import DataError, log, write_npy
 
@@ -53,19 +55,27 @@ def load_model(name: str, device: str):
 
 
 def encode(model, texts: list[str], batch_size: int, desc: str, resume: Path | None = None,
-           chunk_batches: int = 64, name: str = "") -> np.ndarray:
+           chunk_batches: int = 64, name: str = "", precision=None) -> np.ndarray:
     """Embeddings (n, d) float32 of `texts`. Up to `chunk_batches` batches: one call. More (a large
     catalogue, issue 35): texts in order of decreasing length (as sentence-transformers batches them) in
     chunks of `chunk_batches` batches, each chunk saved under `resume/<key>/` as it is done, so a killed run
     goes on from the last chunk (same texts, model `name` and batch size: same key; the folder is removed at
-    the end). A resumed run gives the same array as one pass (tested)."""
+    the end). A resumed run gives the same array as one pass (tested). `precision`: a resolved `embed.amp`
+    (pipeline/amp.py), the autocast the model runs under (None: fp32)."""
+    with (autocast(str(getattr(model, "device", "cpu")), precision) if precision is not None
+          else contextlib.nullcontext()):
+        return _chunked(model, texts, batch_size, desc, resume, chunk_batches, name)
+
+
+def _chunked(model, texts, batch_size, desc, resume, chunk_batches, name) -> np.ndarray:
     texts = [t if t.strip() else EMPTY_TEXT for t in texts]
     log.info("embedding %d %s", len(texts), desc)
     chunk = batch_size * chunk_batches
     if len(texts) <= chunk:
         return _encode(model, texts, batch_size, interactive())
     order = np.argsort(-np.fromiter((len(t) for t in texts), np.int64, len(texts)), kind="stable")
-    key = hashlib.sha256("\x00".join([name, str(model), str(batch_size), str(chunk), *texts]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\x00".join([name, str(model), str(batch_size), str(chunk), torch_dtype(), *texts])
+                         .encode()).hexdigest()[:16]
     folder = None if resume is None else Path(resume) / key
     out = None
     starts = range(0, len(texts), chunk)
@@ -84,6 +94,13 @@ def encode(model, texts: list[str], batch_size: int, desc: str, resume: Path | N
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
     return out
+
+
+def torch_dtype() -> str:
+    """The autocast dtype in force (part of a chunk's key: a bf16 chunk is not an fp32 one)."""
+    import torch
+    return str(torch.get_autocast_dtype("cpu")) if torch.is_autocast_enabled("cpu") else (
+        "cuda-" + str(torch.get_autocast_dtype("cuda")) if torch.is_autocast_enabled("cuda") else "fp32")
 
 
 def _encode(model, texts: list[str], batch_size: int, bar: bool) -> np.ndarray:
