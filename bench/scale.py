@@ -8,7 +8,8 @@ machine, PRISM beside SASRec. Resumable stage by stage: each (size, stage) runs 
 
 Stages: `synth` (the vectorised generator, `prism synth --items N`), `preprocess` (read + 5-core + splits of
 your own data), `embed`, `collab` (ALS via `implicit`: LightGCN is hours per epoch on a CPU beyond Beauty size),
-`quantize` (a fixed `--quantize-epochs`, 20 by default: the cost per epoch is the figure), `dedup` (writes the
+`quantize` (a fixed `--quantize-epochs`, 20 by default, or fewer under `--quantize-budget-min`: the cost per
+epoch is the figure), `dedup` (writes the
 trie), `trie` (the decoder's device tables, `TrieIndex`), `prism` (`bench/recommender_throughput.py`: training
 samples/s over `--train-steps` steps, decoding users/s over `--users` test users, ms/user at batch 1) and
 `sasrec` (the baseline's training samples/s and its full-softmax ranking users/s over the same users).
@@ -47,7 +48,7 @@ def _timed(cmd: list[str], log: Path, env: dict | None = None) -> dict:
 
 def _sets(data: Path, args) -> list[str]:
     s = ["dataset=custom", f"custom.dir={data}", "collab.method=als", f"quantize.epochs={args.quantize_epochs}",
-         "quantize.patience=1000", "device=cpu"]
+         "quantize.patience=1000", f"quantize.time_budget_min={args.quantize_budget_min}", "device=cpu"]
     return [x for kv in s for x in ("-S", kv)]
 
 
@@ -164,6 +165,7 @@ def main() -> None:
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--out", type=Path, default=Path("/tmp/prism-scale"))
     ap.add_argument("--quantize-epochs", type=int, default=20)
+    ap.add_argument("--quantize-budget-min", type=float, default=0, help="quantize.time_budget_min (0: none)")
     ap.add_argument("--train-steps", type=int, default=50)
     ap.add_argument("--users", type=int, default=512)
     ap.add_argument("--report", type=Path, help="write scale.md and scale.png here (after any runs)")

@@ -138,6 +138,7 @@ SPEC: dict[str, Rule] = {
     "embed.batch_size": POS,
     "embed.amp": Choice("auto", "bf16", "off"),
     "collab.method": Choice("lightgcn", "als"),
+    "collab.valid_users": COUNT,
     "collab.dim": POS,
     "collab.layers": COUNT,
     "collab.max_epochs": POS,

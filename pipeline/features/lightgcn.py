@@ -35,6 +35,7 @@ class CollabConfig:
     reg: float = 1e-4
     patience: int = 20  # epochs without a better valid Recall@20
     eval_every: int = 5
+    valid_users: int = 50000  # valid users that validation ranks (a fixed sample beyond; 0 = all)
 
     @classmethod
     def from_params(cls, p, **given) -> "CollabConfig":
@@ -102,8 +103,11 @@ def sample_negatives(users: np.ndarray, pos_keys: np.ndarray, n_items: int, rng:
 
 @torch.no_grad()
 def evaluate_full(user_emb: torch.Tensor, item_emb: torch.Tensor, R: sp.csr_matrix,
-                  users: np.ndarray, targets: np.ndarray, k: int = 20, batch: int = 4096) -> dict:
-    """Full-ranking metrics for (user, target) pairs, each user's train items masked."""
+                  users: np.ndarray, targets: np.ndarray, k: int = 20, batch: int = 0) -> dict:
+    """Full-ranking metrics for (user, target) pairs, each user's train items masked. `batch` users at a
+    time (0: 4,096, fewer for a large catalogue, so that a batch's scores stay under 256 MB: 67 users at
+    1M items)."""
+    batch = batch or max(16, min(4096, (1 << 26) // max(item_emb.shape[0], 1)))
     ranks = []
     for s in range(0, len(users), batch):
         u = users[s:s + batch]
