@@ -136,6 +136,34 @@ def acd_loss(g: torch.Tensor, popularity: torch.Tensor, delta: float, variance: 
     raise ParamError(f"quantize.acd_variance must be 'item' or 'batch', got {variance!r}")
 
 
+def kmeans_pp(data: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) of `k` centres among the rows of `data`, drawing as
+    scipy's `kmeans2(..., minit="++", seed=seed)` does (the same centres, tested), but keeping each point's
+    distance to its nearest centre so far: O(k n d) instead of scipy's O(k² n d), which took 90% of
+    `quantize` at 100k items (~3 min) and would take ~1.5 h at 1M."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.RandomState(seed)
+    init = np.empty((k, data.shape[1]))
+    d2 = None
+    for i in range(k):
+        if i == 0:
+            j = int(rng.randint(data.shape[0]))
+        else:
+            new = cdist(init[i - 1:i], data, metric="sqeuclidean")[0]
+            d2 = new if d2 is None else np.minimum(d2, new)
+            j = int(np.searchsorted(np.cumsum(d2 / d2.sum()), rng.uniform()))
+        init[i] = data[j]
+    return init
+
+
+def kmeans(data: np.ndarray, k: int, iters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centres, labels): `kmeans_pp` seeding, then scipy's Lloyd iterations (`kmeans2`, minit="matrix")."""
+    from scipy.cluster.vq import kmeans2
+
+    return kmeans2(data, kmeans_pp(data, k, seed), iter=iters, minit="matrix")
+
+
 class ResidualQuantizer(nn.Module):
     """L codebooks; level l quantizes the residual left by levels < l (nearest code, L2).
 
@@ -156,13 +184,11 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_kmeans(self, z: torch.Tensor, seed: int) -> None:
-        """k-means (scipy, k-means++) on each level's residuals of `z` (all items)."""
-        from scipy.cluster.vq import kmeans2
-
+        """k-means (k-means++ seeding, 25 Lloyd iterations: `kmeans`) on each level's residuals of `z` (all items)."""
         r = z.detach().cpu().double().numpy()
         for l in range(self.levels):
             k = min(self.size, len(r))
-            cent, _ = kmeans2(r, k, iter=25, minit="++", seed=seed + l)
+            cent, _ = kmeans(r, k, 25, seed + l)
             if k < self.size:  # fewer items than codes: pad with jittered copies
                 extra = cent[np.random.default_rng(seed).integers(0, k, self.size - k)]
                 cent = np.concatenate([cent, extra + 1e-3 * np.random.default_rng(seed).standard_normal(extra.shape)])

@@ -182,7 +182,7 @@ def train_quantizer(data: dict, qcfg: QuantizerConfig, tcfg: TrainConfig, device
 
 def rq_kmeans(x: np.ndarray, levels: int, size: int, d_cb: int, seed: int, tags: np.ndarray | None = None) -> TokenizerOutput:
     """RQ-KMeans: PCA of the (standardized) input to d_cb dims, then k-means level by level on the residual."""
-    from scipy.cluster.vq import kmeans2
+    from .quantizer import kmeans
 
     t0 = time.time()
     x = standardize(x).astype(np.float64)
@@ -191,7 +191,7 @@ def rq_kmeans(x: np.ndarray, levels: int, size: int, d_cb: int, seed: int, tags:
     r = z.copy()
     codes, qs, books = [], [], []
     for l in range(levels):
-        cent, lab = kmeans2(r, min(size, len(r)), iter=25, minit="++", seed=seed + l)
+        cent, lab = kmeans(r, min(size, len(r)), 25, seed + l)
         if len(cent) < size:
             cent = np.concatenate([cent, np.zeros((size - len(cent), d_cb))])
         codes.append(lab)
