@@ -143,18 +143,31 @@ def report(results: Path, dest: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    def items(s: str) -> int:  # after 5-core, where preprocess ran
+        r = rows.get((s, "preprocess"))
+        return r["stats"]["items"] if r else SIZES[s]
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
     for st in STAGES:
-        pts = [(rows[(s, st)]["stats"]["items"] if (s, "preprocess") in rows and st != "synth" and "stats" in rows[(s, st)]
-                else SIZES[s], rows[(s, st)]["wall_s"]) for s in sizes if (s, st) in rows]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=st, linestyle="--" if st == "sasrec" else "-")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("items")
+        pts = [(items(s), rows[(s, st)]["wall_s"]) for s in sizes if (s, st) in rows]
+        if pts and st not in ("prism", "sasrec"):
+            ax.plot(*zip(*pts), marker="o", label=st)
+    ax.set_title("stage wall time (one run each)")
     ax.set_ylabel("wall time (s)")
-    ax.set_title("prism stages and SASRec: cost against catalogue size")
-    ax.legend(fontsize=8)
+    for st, key, label, style in (("prism", "train_samples_per_s", "PRISM train samples/s", "-"),
+                                  ("prism", "users_per_s", "PRISM decode users/s", "-"),
+                                  ("sasrec", "train_samples_per_s", "SASRec train samples/s", "--"),
+                                  ("sasrec", "users_per_s", "SASRec rank users/s", "--")):
+        pts = [(items(s), rows[(s, st)][key]) for s in sizes if (s, st) in rows]
+        if pts:
+            bx.plot(*zip(*pts), marker="o", linestyle=style, label=label)
+    bx.set_title("throughput: PRISM (beam 30) vs SASRec (full softmax)")
+    bx.set_ylabel("per second")
+    for a in (ax, bx):
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xlabel("items (after 5-core)")
+        a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(dest / "scale.png", dpi=120)
 
