@@ -33,7 +33,7 @@ def preprocess_cmd(
     cfg = PreprocessConfig.from_params(p)
     detected: dict[str, str] = {}  # what a custom source found (format, timestamp unit)
     # read whatever the dataset (dvc.yaml declares them: DVC's params cannot depend on `dataset`)
-    custom_dir, custom_format = p["custom.dir"], p["custom.format"]
+    custom_dir, custom_format, seq_separator = p["custom.dir"], p["custom.format"], p["custom.seq_separator"]
     columns = {k: p[f"custom.columns.{k}"] for k in COLUMNS}
     if dataset == "custom" or dataset.startswith(AMAZON23):
         fmt = "amazon2023" if dataset.startswith(AMAZON23) else custom_format
@@ -42,8 +42,7 @@ def preprocess_cmd(
         if fmt == "amazon2023" and tuple(cfg.text_fields) == AMAZON2014_TEXT_FIELDS:  # left at the 2014 list
             cfg.text_fields = AMAZON2023_TEXT_FIELDS
         if dataset == "custom":
-            rec = read_custom(custom_dir, custom_format, columns, cfg.text_fields, cfg.bad_records,
-                              p["custom.seq_separator"])
+            rec = read_custom(custom_dir, custom_format, columns, cfg.text_fields, cfg.bad_records, seq_separator)
         else:  # a category of Amazon Reviews 2023, by name
             category = category_of(dataset)
             folder = ensure_amazon2023(raw_dir, category, allow_download=allow_download)

@@ -74,7 +74,7 @@ def _chunked(model, texts, batch_size, desc, resume, chunk_batches, name) -> np.
     if len(texts) <= chunk:
         return _encode(model, texts, batch_size, interactive())
     order = np.argsort(-np.fromiter((len(t) for t in texts), np.int64, len(texts)), kind="stable")
-    key = hashlib.sha256("\x00".join([name, str(model), str(batch_size), str(chunk), torch_dtype(), *texts])
+    key = hashlib.sha256("\x00".join([name, type(model).__name__, str(batch_size), str(chunk), torch_dtype(), *texts])
                          .encode()).hexdigest()[:16]
     folder = None if resume is None else Path(resume) / key
     out = None
