@@ -42,7 +42,7 @@ def preprocess_cmd(
         if fmt == "amazon2023" and tuple(cfg.text_fields) == AMAZON2014_TEXT_FIELDS:  # left at the 2014 list
             cfg.text_fields = AMAZON2023_TEXT_FIELDS
         if dataset == "custom":
-            rec = read_custom(custom_dir, custom_format, columns, cfg.text_fields, cfg.bad_records, seq_separator)
+            rec = read_custom(custom_dir, fmt, columns, cfg.text_fields, cfg.bad_records, seq_separator)
         else:  # a category of Amazon Reviews 2023, by name
             category = category_of(dataset)
             folder = ensure_amazon2023(raw_dir, category, allow_download=allow_download)

@@ -117,8 +117,7 @@ def read_reviews(path: Path, bad_records: str, report: dict) -> pd.DataFrame:
         return table.to_pandas()
     except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as exc:  # damaged: find the line, or count and skip
         log.info("%s: %s; reading line by line", path, why(exc))
-        df = _scan(path, fields, bad_records, report, "reviews_skipped_bad_json")
-        return df
+        return _scan(path, fields, bad_records, report, "reviews_skipped_bad_json")
 
 
 def read_meta(path: Path, wanted: set[str], bad_records: str, report: dict, chunk: int = 50_000) -> pd.DataFrame:
