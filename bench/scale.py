@@ -98,6 +98,20 @@ def run_stage(size: str, stage: str, args) -> dict:
     raise ValueError(stage)
 
 
+def machine() -> str:
+    """CPU model, cores, bf16 flags and torch's kernel set: every line says where it was measured."""
+    model, flags = "unknown CPU", set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name") and model == "unknown CPU":
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    kernels = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__, "
+                              "torch.backends.cpu.get_cpu_capability())"], capture_output=True, text=True).stdout.split()
+    bf16 = "+".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no native bf16"
+    return f"{model}, {os.cpu_count()} cores, {bf16}, torch {' kernel set '.join(kernels)}"
+
+
 def done(results: Path) -> dict[tuple[str, str], dict]:
     out = {}
     if results.exists():
@@ -114,6 +128,8 @@ def report(results: Path, dest: Path) -> None:
     sizes = [s for s in SIZES if any(k[0] == s for k in rows)]
     dest.mkdir(parents=True, exist_ok=True)
     lines = ["| stage | " + " | ".join(f"{s} items" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    runs = sorted({(r.get("machine", "machine not recorded"), r["commit"]) for r in rows.values()})
+    dates = sorted(r["date"] for r in rows.values())
     for st in STAGES:
         cells = []
         for s in sizes:
@@ -135,6 +151,7 @@ def report(results: Path, dest: Path) -> None:
                 extra = f"; {st_['items']:,} items, {st_['users']:,} users, {st_['interactions']:,} inter."
             cells.append(f"{r['wall_s']:,} s, {r['peak_rss_gib']} GiB{extra}")
         lines.append(f"| {st} | " + " | ".join(cells) + " |")
+    lines += ["", f"Measured {dates[0]} .. {dates[-1]}; " + "; ".join(f"commit {c} on {m}" for m, c in runs) + "."]
     (dest / "scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:
@@ -190,6 +207,7 @@ def main() -> None:
         ap.error(f"unknown size or stage: {', '.join(bad)} (sizes {', '.join(SIZES)}; stages {', '.join(STAGES)})")
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
+    where = machine() if sizes else ""
     for size in sizes:
         for stage in stages:
             if (size, stage) in done(results):
@@ -197,7 +215,8 @@ def main() -> None:
             r = run_stage(size, stage, args)
             line = {"size": size, "stage": stage, "items_target": SIZES[size], **r,
                     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                             text=True).stdout.strip(), "date": time.strftime("%Y-%m-%d %H:%M")}
+                                             text=True).stdout.strip(), "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "machine": where}
             with open(results, "a") as f:
                 f.write(json.dumps(line) + "\n")
             print(f"{size} {stage}: {r['wall_s']} s, {r['peak_rss_gib']} GiB", flush=True)

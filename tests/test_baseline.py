@@ -131,3 +131,20 @@ def test_chunked_ranking_equals_the_full_softmax_topk():
     want = model.scores(h).topk(20, dim=-1).indices
     for chunk in (7, 20, 512, 3001, 1 << 16):
         assert torch.equal(model.top_items(h, 20, chunk=chunk), want), chunk
+
+
+def test_sasrec_loss_scores_only_the_trained_slots_and_equals_the_masked_full_loss(tiny):
+    # the loss scores (targets x |I|) rows, not every window slot: it must equal the cross-entropy over all
+    # (window, slot) logits with the untrained slots ignored, computed here the long way
+    cfg = SASRecConfig(n_items=len(tiny.items), max_len=20, d_model=16, layers=1, heads=1, dropout=0.0)
+    torch.manual_seed(0)
+    model = SASRec(cfg).eval()
+    train = Windows.from_train(tiny.train, 20, 0)
+    b = train.batch(np.arange(min(32, len(train.n_targets))), 1, "cpu")
+    assert (~b["tmask"]).any() and b["tmask"].any()  # both kinds of slot in the batch
+    h = model.states(b["hist"])
+    logits = h @ model.item.weight[: cfg.n_items].T  # (windows, T, |I|)
+    logp = torch.log_softmax(logits, -1)
+    picked = logp.gather(-1, b["target"].clamp_min(0)[..., None])[..., 0]
+    expected = -(picked * b["tmask"]).sum() / b["tmask"].sum()
+    assert torch.allclose(model.loss(b), expected, rtol=1e-5)

@@ -25,3 +25,13 @@ def test_scale_bench_runs_resumes_and_reports(tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)  # everything done: nothing reruns
     assert again.returncode == 0 and len((tmp_path / "results.jsonl").read_text().splitlines()) == 3
     assert "tiny preprocess:" not in again.stdout
+
+
+def test_dedup_stress_bench_widens_and_leaves_unique_ids():
+    # skewed codes on a small catalogue: full last-level cells force moves at level 2 as well
+    res = subprocess.run([sys.executable, "bench/dedup_stress.py", "--items", "20000", "-S", "dedup.beam=8"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.splitlines()[-1])
+    assert out["final_collision_rate"] == 0.0 and out["dedup"]["beam"] == 8
+    assert out["moved_from_level_2"] > 0 and out["moved"] == sum(out[f"moved_from_level_{l}"] for l in (1, 2, 3))

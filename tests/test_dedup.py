@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from pipeline.tokenizer.dedup import DedupConfig, build_trie, dedup, reconstruction, sid_codes, sid_int, sinkhorn_sparse
+from pipeline.tokenizer.dedup import (DedupConfig, Occupancy, build_trie, dedup, find_candidates, greedy_matching,
+                                      reconstruction, sid_codes, sid_int, sinkhorn_sparse)
 
 
 def constructed(seed=0, n=100, K=8):
@@ -87,3 +89,68 @@ def test_last_level_first_under_contention_cheaper_mover_wins():
     assert new[2].tolist() == [0, 0, 1]  # (0.45, 0.6): cost 0.6625 to (1,0) vs 1.30 for item 1
     assert new[1].tolist()[:2] == [0, 1]  # the other mover changes level 2
     assert rep["moved_from_level_3"] == 1 and rep["moved_from_level_2"] == 1 and rep["moved_from_level_1"] == 0
+
+
+def _sequential_greedy(rows, cols, order):
+    taken_r, taken_c, out = set(), set(), []
+    for e in order:
+        if rows[e] not in taken_r and cols[e] not in taken_c:
+            taken_r.add(rows[e])
+            taken_c.add(cols[e])
+            out.append(int(e))
+    return sorted(out)
+
+
+def test_greedy_matching_is_the_sequential_greedy():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n_r, n_c, E = (int(x) for x in rng.integers(1, 30, 3) * [1, 1, 6])
+        rows, cols = rng.integers(0, n_r, E), rng.integers(0, n_c, E)
+        order = np.lexsort((rng.random(E), -rng.integers(0, 4, E)))  # masses with ties, broken by cost
+        got = greedy_matching(rows, cols, order, n_r, n_c)
+        assert sorted(got.tolist()) == _sequential_greedy(rows, cols, order)
+
+
+def test_candidate_search_with_a_full_beam_is_exhaustive():
+    # beam >= K^(L-1): the search sees every ID, so it must return the n cheapest free IDs that keep levels < w
+    rng = np.random.default_rng(1)
+    K, L, d = 4, 3, 3
+    cb = rng.standard_normal((L, K, d)).astype(np.float32)
+    all_codes = sid_codes(np.arange(K ** L), K, L)
+    used = rng.choice(K ** L, 40, replace=False)
+    occ = Occupancy(used, K, L)
+    z = rng.standard_normal((5, d)).astype(np.float32)
+    prefix = all_codes[rng.integers(0, K ** L, 5)]
+    for w in range(L):
+        ids, costs = find_candidates(torch.from_numpy(z), torch.from_numpy(prefix), w, torch.from_numpy(cb), occ,
+                                     n_keep=6, beam=K ** (L - 1))
+        for i in range(5):
+            ok = (all_codes[:, :w] == prefix[i, :w]).all(1) & ~np.isin(np.arange(K ** L), used)
+            cand = np.flatnonzero(ok)
+            c = ((z[i] - reconstruction(all_codes[cand], cb)) ** 2).sum(1)
+            best = cand[np.argsort(c, kind="stable")[:6]]
+            assert ids[i][ids[i] >= 0].tolist() == best.tolist()
+            assert np.allclose(costs[i][: len(best)], np.sort(c)[:6], rtol=1e-5)
+
+
+def test_a_narrow_beam_skips_full_prefixes():
+    # K=3, beam 1. (0,0,*) and (0,1,*) are full; the mover on (0,0,0) is nearest to c2=1, then c2=0, then c2=2.
+    # A beam that kept the nearest prefix would find nothing free under it; full prefixes leave the beam, so
+    # the mover changes level 2 to the one open prefix (0,2) and keeps c1 (changing c1 costs ~100).
+    cb = np.zeros((3, 3, 2), np.float32)
+    cb[0] = [[0, 0], [10, 10], [10, -10]]
+    cb[1] = [[0, 0], [0, 1], [0, 2]]
+    cb[2] = [[0, 0], [1, 0], [2, 0]]
+    codes = np.array([[0, a, b] for a in (0, 1) for b in range(3)] + [[0, 0, 0]])
+    z = np.concatenate([reconstruction(codes[:6], cb), [[0.0, 0.9]]]).astype(np.float32)
+    new, rep = dedup(codes, z, cb, DedupConfig(beam=1))
+    assert new[6].tolist() == [0, 2, 0]
+    assert rep["moved_from_level_2"] == 1 and rep["moved_from_level_1"] == 0
+
+
+def test_sparse_occupancy_gives_the_same_ids(monkeypatch):
+    codes, z, cb = constructed(seed=3, n=150)
+    dense, _ = dedup(codes, z, cb, DedupConfig())
+    monkeypatch.setattr(Occupancy, "DENSE_MAX", 0)  # as for K^L > 2^28: sorted arrays and bisection
+    sparse, _ = dedup(codes, z, cb, DedupConfig())
+    assert (dense == sparse).all()

@@ -22,7 +22,7 @@ def test_dedup_keeps_the_record_of_the_tokenizer_that_made_the_ids(smoke_inputs)
     assert prism["tokenizer"] == "prism" and prism["variant"] == "prism" and prism["hsa"] is True
     assert tiger["tokenizer"] == "rqvae" and tiger["variant"] == "tiger" and tiger["hsa"] is False
     assert len(prism["params_md5"]) == 32 and prism["params_md5"] != tiger["params_md5"]
-    assert prism["dedup"] == {"keep": "closest", "candidates": 16, "beam": 256, "reg": 0.1, "iters": 100, "chunk": 64}
+    assert prism["dedup"] == {"keep": "closest", "candidates": 16, "beam": 32, "reg": 0.1, "iters": 100, "chunk": 256}
 
 
 def test_check_ids_names_both_tokenizers_and_the_command():

@@ -87,10 +87,12 @@ class SASRec(nn.Module):
         return h @ self.item.weight[: self.cfg.n_items].T
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Full-softmax cross-entropy over all items, mean over the trained slots of the windows."""
+        """Full-softmax cross-entropy over all items, mean over the trained slots of the windows. Only those
+        slots are scored: (targets x |I|) logits, not (windows x T x |I|) (at 1M items the padding's logits
+        alone would be gigabytes)."""
         h = self.states(batch["hist"])
-        target = batch["target"].masked_fill(~batch["tmask"], -100)
-        return F.cross_entropy(self.scores(h).flatten(0, 1), target.flatten(), ignore_index=-100)
+        m = batch["tmask"]
+        return F.cross_entropy(self.scores(h[m]), batch["target"][m])
 
     @torch.no_grad()
     def rank(self, data: SeqData, k: int, batch: int, device: str) -> np.ndarray:

@@ -7,15 +7,19 @@ L tokens (no appended digit, unlike TIGER).
 - Which item keeps a collided ID (`keep`): the one whose latent z lies closest to the ID's
   reconstruction Σ_l e_l[c_l] (`closest`), or the lowest item index (`first`, the official code).
 - Candidates: a mover may change only levels w..L of its ID, starting with w = L (the last token)
-  and widening (w = L-1, ...) only for movers that found no free ID. For each mover, a beam search
-  over levels w..L (beam `beam`) finds the `candidates` free IDs whose reconstruction lies nearest
-  to its latent; memory is bounded by chunk × beam × K per step, whatever the catalogue size.
+  and widening (w = L-1, ...) only for the movers that found no free ID at their width (per mover,
+  at once: a cell that is full stays full). For each mover, a beam search over levels w..L (beam
+  `beam`) on its residual finds the `candidates` free IDs whose reconstruction lies nearest to its
+  latent; prefixes whose IDs are all taken leave the beam (`Occupancy` counts taken IDs per prefix),
+  so a narrow beam still finds free IDs. Memory is bounded by chunk × beam × K floats per step,
+  whatever the catalogue size.
 - Cost: ‖z − Σ_l e_l[c'_l]‖², scaled by its median; Sinkhorn with entropic regularisation `reg`,
   rows (movers) summing to 1 and columns (free IDs) to at most 1, on the sparse candidate graph.
-- Rounding: edges in decreasing transport mass, greedily, skipping taken rows and columns; movers
-  left over (their candidates went to others) get fresh candidates in the next round. Each round
-  places at least one mover, and free IDs exist (K^L >= N is checked), so the loop ends with every
-  ID unique.
+- Rounding: edges in decreasing transport mass (cheaper first on ties), greedily, skipping taken rows
+  and columns (`greedy_matching`: the sequential greedy's result, computed in passes over all edges);
+  movers left over (their candidates went to others) get fresh candidates in the next round. Each
+  round places at least one mover, and free IDs exist (K^L >= N is checked), so the loop ends with
+  every ID unique.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from pipeline.progress import progress
 from pipeline.utils import ParamError
 from pipeline.config import from_params
 
@@ -34,10 +39,10 @@ from pipeline.config import from_params
 class DedupConfig:
     keep: str = "closest"  # closest | first
     candidates: int = 16  # free IDs per mover per round
-    beam: int = 256  # beam width of the candidate search over levels w..L
+    beam: int = 32  # beam width of the candidate search over levels w..L
     reg: float = 0.1  # Sinkhorn entropic regularisation (costs scaled by their median)
     iters: int = 100  # Sinkhorn iterations
-    chunk: int = 64  # movers per candidate-search step (memory: chunk * beam * K floats)
+    chunk: int = 256  # movers per candidate-search step (memory: chunk * beam * K floats)
 
     @classmethod
     def from_params(cls, p, **given) -> "DedupConfig":
@@ -66,39 +71,95 @@ def reconstruction(codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
     return sum(codebooks[l][codes[:, l]] for l in range(codes.shape[1]))
 
 
-def find_candidates(z: torch.Tensor, prefix: torch.Tensor, w: int, codebooks: torch.Tensor,
-                    used_sorted: np.ndarray, n_keep: int, beam: int) -> tuple[np.ndarray, np.ndarray]:
+class Occupancy:
+    """Which semantic IDs are taken, and how many taken IDs lie under each prefix.
+
+    A bitmap over the K^L IDs (and dense counts per prefix) where K^L <= 2^28, else sorted arrays
+    searched by bisection: either way a lookup costs no Python loop per item."""
+
+    DENSE_MAX = 2 ** 28
+
+    def __init__(self, used: np.ndarray, K: int, L: int):
+        self.K, self.L = K, L
+        self.dense = K ** L <= self.DENSE_MAX
+        if self.dense:
+            self.bits = torch.zeros(K ** L, dtype=torch.bool)
+            self.counts = [torch.zeros(K ** (l + 1), dtype=torch.int64) for l in range(L - 1)]
+        else:
+            self.sorted = np.zeros(0, np.int64)
+        self.add(used)
+
+    def add(self, ids: np.ndarray) -> None:
+        ids = np.asarray(ids, np.int64)
+        if self.dense:
+            t = torch.from_numpy(ids)
+            self.bits[t] = True
+            for l in range(self.L - 1):  # prefixes of l+1 tokens
+                self.counts[l].index_add_(0, t // self.K ** (self.L - 1 - l), torch.ones_like(t))
+        else:
+            self.sorted = np.sort(np.concatenate([self.sorted, ids]))
+            self._pref = [np.unique(self.sorted // self.K ** (self.L - 1 - l), return_counts=True)
+                          for l in range(self.L - 1)]
+
+    def closed_children(self, parents: torch.Tensor, tokens: int) -> torch.Tensor:
+        """(..., K) bool: for each prefix of `tokens` tokens (0 <= tokens < L), which of its K children
+        is closed: an ID that is taken (children of L tokens) or a prefix whose IDs all are."""
+        K, L = self.K, self.L
+        if self.dense:
+            if tokens == L - 1:
+                return self.bits.view(-1, K)[parents]
+            return self.counts[tokens].view(-1, K)[parents] >= K ** (L - tokens - 1)
+        ids = (parents[..., None] * K + torch.arange(K)).numpy()
+        if tokens == L - 1:
+            pos = np.minimum(np.searchsorted(self.sorted, ids), max(len(self.sorted) - 1, 0))
+            return torch.from_numpy((self.sorted[pos] == ids) if len(self.sorted) else np.zeros(ids.shape, bool))
+        uniq, cnt = self._pref[tokens]
+        if not len(uniq):
+            return torch.zeros(ids.shape, dtype=torch.bool)
+        pos = np.minimum(np.searchsorted(uniq, ids), len(uniq) - 1)
+        return torch.from_numpy((uniq[pos] == ids) & (cnt[pos] >= K ** (L - tokens - 1)))
+
+
+def find_candidates(z: torch.Tensor, prefix: torch.Tensor, w: int, codebooks: torch.Tensor, occ: Occupancy,
+                    n_keep: int, beam: int) -> tuple[np.ndarray, np.ndarray]:
     """Nearest free IDs for a chunk of movers that keep levels < w (0-based: prefix[:, :w]).
+
+    Beam search over levels w..L-1 on the residual z - Σ_{l<w} e_l[c_l]: each level's cost
+    ‖r - e‖² = ‖r‖² - 2 r·e + ‖e‖² is one matrix product (no B x beam x K x d tensor); prefixes whose
+    IDs are all taken leave the beam, so every prefix kept has a free ID under it. The `n_keep`
+    cheapest free IDs are returned with their exact cost ‖z - Σ_l e_l[c'_l]‖².
 
     Returns (ids (B, n_keep) with -1 padding, costs (B, n_keep) with inf padding).
     """
-    L, K, _ = codebooks.shape
+    L, K, d = codebooks.shape
     B = len(z)
     base = sum((codebooks[l][prefix[:, l]] for l in range(w)), torch.zeros_like(z))
-    # beam over levels w..L-1: partial sums and partial ids
-    part_sum = base[:, None, :]  # (B, 1, d)
+    res = (z - base)[:, None, :]  # (B, b, d): residual of each beam entry
     part_id = torch.zeros(B, 1, dtype=torch.int64)
     for l in range(w):
         part_id = part_id * K + prefix[:, l:l + 1]
+    dead = torch.zeros(B, 1, dtype=torch.bool)  # beam entries that are padding (fewer than `beam` open prefixes)
     for l in range(w, L):
-        cand_sum = part_sum[:, :, None, :] + codebooks[l][None, None]  # (B, b, K, d)
-        cost = (z[:, None, None, :] - cand_sum).pow(2).sum(-1).reshape(B, -1)
-        cand_id = (part_id[:, :, None] * K + torch.arange(K)[None, None]).reshape(B, -1)
-        cand_sum = cand_sum.reshape(B, -1, z.shape[1])
+        e = codebooks[l]  # (K, d)
+        b = res.shape[1]
+        cost = torch.addmm(e.pow(2).sum(-1), res.reshape(-1, d), e.T, alpha=-2).view(B, b, K)  # ‖e‖² - 2 r·e
+        cost.add_(res.pow(2).sum(-1).masked_fill_(dead, float("inf"))[:, :, None])  # + ‖r‖²
+        cost.masked_fill_(occ.closed_children(part_id, l), float("inf"))
+        k = min(beam if l < L - 1 else n_keep, b * K)
+        top_cost, top = cost.view(B, -1).topk(k, dim=1, largest=False, sorted=True)
+        b_idx, k_idx = top // K, top % K
+        part_id = torch.gather(part_id, 1, b_idx) * K + k_idx
+        dead = ~torch.isfinite(top_cost)
         if l < L - 1:
-            k = min(beam, cost.shape[1])
-            top = cost.topk(k, dim=1, largest=False).indices
-            part_sum = torch.gather(cand_sum, 1, top[..., None].expand(-1, -1, z.shape[1]))
-            part_id = torch.gather(cand_id, 1, top)
-        else:
-            ids, costs = cand_id.numpy(), cost.numpy().astype(np.float64)
-    pos = np.searchsorted(used_sorted, ids)
-    taken = (pos < len(used_sorted)) & (used_sorted[np.minimum(pos, len(used_sorted) - 1)] == ids)
-    costs = np.where(taken, np.inf, costs)
-    k = min(n_keep, costs.shape[1])
-    order = np.argsort(costs, axis=1, kind="stable")[:, :k]
-    out_ids = np.take_along_axis(ids, order, 1)
-    out_costs = np.take_along_axis(costs, order, 1)
+            res = torch.gather(res, 1, b_idx[..., None].expand(-1, -1, d)) - e[k_idx]
+    ids, ok = part_id, ~dead
+    ids_np = ids.numpy()
+    codes = sid_codes(ids_np.reshape(-1), K, L).reshape(B, k, L)
+    recon = sum(codebooks[l].numpy()[codes[..., l]] for l in range(L))
+    exact = ((z.numpy()[:, None, :].astype(np.float64) - recon) ** 2).sum(-1)
+    exact = np.where(ok.numpy(), exact, np.inf)
+    order = np.argsort(exact, axis=1, kind="stable")
+    out_ids, out_costs = np.take_along_axis(ids_np, order, 1), np.take_along_axis(exact, order, 1)
     return np.where(np.isfinite(out_costs), out_ids, -1), out_costs
 
 
@@ -117,55 +178,92 @@ def sinkhorn_sparse(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, n_rows
     return u[rows] * kv * v[cols]
 
 
+def greedy_matching(rows: np.ndarray, cols: np.ndarray, order: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
+    """The matching that takes edges in `order`, skipping any whose row or column is taken.
+
+    Computed without a loop over edges: an edge that comes first among the open edges of both its row and
+    its column is taken by the sequential greedy too (nothing before it can close either end), so each pass
+    takes all such edges at once and drops the edges they close; the result is the sequential one exactly.
+    Returns the taken edges' indices."""
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    e = torch.from_numpy(np.asarray(order, np.int64))
+    r, c = torch.from_numpy(rows)[e], torch.from_numpy(cols)[e]
+    rk = torch.arange(len(e))
+    big = torch.iinfo(torch.int64).max
+    taken = []
+    while len(rk):
+        first_r = torch.full((n_rows,), big).scatter_reduce_(0, r, rk, "amin")
+        first_c = torch.full((n_cols,), big).scatter_reduce_(0, c, rk, "amin")
+        win = (first_r[r] == rk) & (first_c[c] == rk)
+        taken.append(e[win])
+        closed_r = torch.zeros(n_rows, dtype=torch.bool)
+        closed_c = torch.zeros(n_cols, dtype=torch.bool)
+        closed_r[r[win]] = True
+        closed_c[c[win]] = True
+        keep = ~(closed_r[r] | closed_c[c])
+        e, r, c, rk = e[keep], r[keep], c[keep], rk[keep]
+    return torch.cat(taken).numpy() if taken else np.zeros(0, np.int64)
+
+
 def dedup(codes: np.ndarray, z: np.ndarray, codebooks: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, dict]:
     codes = codes.astype(np.int64).copy()
     L, K, _ = codebooks.shape
     N = len(codes)
     if N > K ** L:
         raise ParamError(f"{N} items cannot have unique IDs with {K}^{L} = {K ** L} codes")
+    if cfg.keep not in ("closest", "first"):
+        raise ParamError(f"dedup.keep must be 'closest' or 'first', got '{cfg.keep}'")
     ids = sid_int(codes, K)
     err = ((z - reconstruction(codes, codebooks)) ** 2).sum(1)
     # keeper per collision group: closest reconstruction (or first index), the others move
     order = np.lexsort((np.arange(N), err)) if cfg.keep == "closest" else np.arange(N)
-    if cfg.keep not in ("closest", "first"):
-        raise ParamError(f"dedup.keep must be 'closest' or 'first', got '{cfg.keep}'")
     _, first_pos = np.unique(ids[order], return_index=True)
     keepers = np.zeros(N, dtype=bool)
     keepers[order[first_pos]] = True
     movers = np.flatnonzero(~keepers)
-    used = np.sort(ids[keepers])
+    occ = Occupancy(ids[keepers], K, L)
     report = {"items": N, "collided_items": int(np.isin(ids, ids[movers]).sum()), "moved": int(len(movers)),
               "rounds": 0, "sinkhorn_iters": cfg.iters}
     zt, cbt = torch.from_numpy(z.astype(np.float32)), torch.from_numpy(codebooks.astype(np.float32))
     new_ids = ids.copy()
     remaining = movers.copy()
-    w = L - 1  # 0-based first level allowed to change
-    while len(remaining):
-        cand_ids, cand_cost = [], []
-        for s in range(0, len(remaining), cfg.chunk):
-            m = remaining[s:s + cfg.chunk]
-            i_, c_ = find_candidates(zt[m], torch.from_numpy(codes[m]), w, cbt, used, cfg.candidates, cfg.beam)
-            cand_ids.append(i_)
-            cand_cost.append(c_)
-        cand_ids, cand_cost = np.concatenate(cand_ids), np.concatenate(cand_cost)
-        has = (cand_ids >= 0).any(1)
-        if not has.any():
-            if w == 0:
-                raise RuntimeError("dedup: no free semantic ID found (should not happen when K^L >= N)")
-            w -= 1  # widen: allow one more level to change
-            continue
-        r, k = np.nonzero(cand_ids >= 0)
-        col_ids, cols = np.unique(cand_ids[r, k], return_inverse=True)
-        mass = sinkhorn_sparse(r, cols, cand_cost[r, k], len(remaining), len(col_ids), cfg.reg, cfg.iters)
-        taken_row = np.zeros(len(remaining), bool)
-        taken_col = np.zeros(len(col_ids), bool)
-        for e in np.lexsort((cand_cost[r, k], -mass)):  # most mass first, cheaper first on ties
-            if not taken_row[r[e]] and not taken_col[cols[e]]:
-                taken_row[r[e]] = taken_col[cols[e]] = True
-                new_ids[remaining[r[e]]] = col_ids[cols[e]]
-        used = np.sort(np.concatenate([used, new_ids[remaining[taken_row]]]))
-        remaining = remaining[~taken_row]
-        report["rounds"] += 1
+    width = np.full(N, L - 1)  # per mover: the first level (0-based) it may change; widened when nothing is free
+    with progress(total=len(movers), desc="dedup", unit="item", disable=not len(movers)) as bar:
+        while len(remaining):
+            # movers left over compete for the same few nearest free IDs: each round doubles their candidates
+            # (up to 16x), so that a crowded region empties in a few rounds, not in one per `candidates` IDs
+            n_keep = cfg.candidates * 2 ** min(report["rounds"], 4)
+            cand_ids = np.full((len(remaining), n_keep), -1, np.int64)
+            cand_cost = np.full((len(remaining), n_keep), np.inf)
+            todo = np.arange(len(remaining))
+            while len(todo):  # search; movers with no free ID at their width widen one level and search again
+                for w in np.unique(width[remaining[todo]]):
+                    sel = todo[width[remaining[todo]] == w]
+                    step = cfg.chunk * cfg.beam if w == L - 1 else cfg.chunk  # memory: chunk * beam * K floats
+                    for s in range(0, len(sel), step):
+                        part = sel[s:s + step]
+                        m = remaining[part]
+                        i_, c_ = find_candidates(zt[m], torch.from_numpy(codes[m]), int(w), cbt, occ,
+                                                 n_keep, cfg.beam)
+                        cand_ids[part, :i_.shape[1]], cand_cost[part, :i_.shape[1]] = i_, c_
+                none = todo[(cand_ids[todo] < 0).all(1)]
+                if len(none) and (width[remaining[none]] == 0).any():
+                    raise RuntimeError("dedup: no free semantic ID found (should not happen when K^L >= N)")
+                width[remaining[none]] -= 1
+                todo = none
+            r, k = np.nonzero(cand_ids >= 0)
+            col_ids, cols = np.unique(cand_ids[r, k], return_inverse=True)
+            cost = cand_cost[r, k]
+            mass = sinkhorn_sparse(r, cols, cost, len(remaining), len(col_ids), cfg.reg, cfg.iters)
+            win = greedy_matching(r, cols, np.lexsort((cost, -mass)), len(remaining), len(col_ids))  # most mass first
+            new_ids[remaining[r[win]]] = col_ids[cols[win]]
+            occ.add(col_ids[cols[win]])
+            taken_row = np.zeros(len(remaining), bool)
+            taken_row[r[win]] = True
+            remaining = remaining[~taken_row]
+            report["rounds"] += 1
+            bar.update(int(taken_row.sum()))
     new_codes = sid_codes(new_ids, K, L)
     assert len(np.unique(new_ids)) == N, "dedup left a collision"
     changed = new_codes[movers] != codes[movers]
