@@ -151,7 +151,8 @@ def report(results: Path, dest: Path) -> None:
                 extra = f"; {st_['items']:,} items, {st_['users']:,} users, {st_['interactions']:,} inter."
             cells.append(f"{r['wall_s']:,} s, {r['peak_rss_gib']} GiB{extra}")
         lines.append(f"| {st} | " + " | ".join(cells) + " |")
-    lines += ["", f"Measured {dates[0]} .. {dates[-1]}; " + "; ".join(f"commit {c} on {m}" for m, c in runs) + "."]
+    if rows:
+        lines += ["", f"Measured {dates[0]} .. {dates[-1]}; " + "; ".join(f"commit {c} on {m}" for m, c in runs) + "."]
     (dest / "scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:

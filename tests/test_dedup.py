@@ -109,6 +109,10 @@ def test_greedy_matching_is_the_sequential_greedy():
         order = np.lexsort((rng.random(E), -rng.integers(0, 4, E)))  # masses with ties, broken by cost
         got = greedy_matching(rows, cols, order, n_r, n_c)
         assert sorted(got.tolist()) == _sequential_greedy(rows, cols, order)
+    for n in (500, 3000):  # large enough for passes of many edges (the sweep ends only the tail)
+        rows, cols = rng.integers(0, n, 8 * n), rng.integers(0, n, 8 * n)
+        order = np.lexsort((rng.random(8 * n), -rng.integers(0, 4, 8 * n)))
+        assert sorted(greedy_matching(rows, cols, order, n, n).tolist()) == _sequential_greedy(rows, cols, order)
 
 
 def test_candidate_search_with_a_full_beam_is_exhaustive():
@@ -154,3 +158,21 @@ def test_sparse_occupancy_gives_the_same_ids(monkeypatch):
     monkeypatch.setattr(Occupancy, "DENSE_MAX", 0)  # as for K^L > 2^28: sorted arrays and bisection
     sparse, _ = dedup(codes, z, cb, DedupConfig())
     assert (dense == sparse).all()
+
+
+def test_greedy_matching_of_a_chain_is_the_sequential_greedy():
+    # a path whose edge ranks fall along it: one edge per pass of locally first edges (the sequential sweep ends it)
+    n = 300
+    rows = np.concatenate([np.arange(n), np.arange(1, n)])
+    cols = np.concatenate([np.arange(n), np.arange(n - 1)])
+    path = np.ravel(np.column_stack([np.arange(n - 1), n + np.arange(n - 1)]))
+    order = np.append(path, n - 1)[::-1]
+    got = greedy_matching(rows, cols, order, n, n)
+    assert sorted(got.tolist()) == _sequential_greedy(rows, cols, order)
+
+
+@pytest.mark.parametrize("field,value", [("candidates", 0), ("beam", 0), ("chunk", -1), ("iters", 0), ("reg", 0.0),
+                                         ("keep", "last")])
+def test_bad_dedup_settings_are_one_line_errors(field, value):
+    with pytest.raises(ValueError, match=f"dedup.{field} must"):
+        DedupConfig(**{field: value})

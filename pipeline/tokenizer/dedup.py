@@ -11,13 +11,14 @@ L tokens (no appended digit, unlike TIGER).
   at once: a cell that is full stays full). For each mover, a beam search over levels w..L (beam
   `beam`) on its residual finds the `candidates` free IDs whose reconstruction lies nearest to its
   latent; prefixes whose IDs are all taken leave the beam (`Occupancy` counts taken IDs per prefix),
-  so a narrow beam still finds free IDs. Memory is bounded by chunk × beam × K floats per step,
-  whatever the catalogue size.
+  so a narrow beam still finds free IDs. Memory is bounded by chunk × beam × K floats per search
+  step (the search and the kept candidates' exact costs), whatever the catalogue size.
 - Cost: ‖z − Σ_l e_l[c'_l]‖², scaled by its median; Sinkhorn with entropic regularisation `reg`,
   rows (movers) summing to 1 and columns (free IDs) to at most 1, on the sparse candidate graph.
 - Rounding: edges in decreasing transport mass (cheaper first on ties), greedily, skipping taken rows
   and columns (`greedy_matching`: the sequential greedy's result, computed in passes over all edges);
-  movers left over (their candidates went to others) get fresh candidates in the next round. Each
+  movers left over (their candidates went to others) get fresh candidates in the next round, twice
+  as many each round (up to 16x `candidates`, within `EDGES` candidate edges a round). Each
   round places at least one mover, and free IDs exist (K^L >= N is checked), so the loop ends with
   every ID unique.
 """
@@ -43,6 +44,17 @@ class DedupConfig:
     reg: float = 0.1  # Sinkhorn entropic regularisation (costs scaled by their median)
     iters: int = 100  # Sinkhorn iterations
     chunk: int = 256  # movers per candidate-search step (memory: chunk * beam * K floats)
+
+    EDGES = 2 ** 24  # candidate edges per round beyond which leftover movers' candidates stop doubling
+
+    def __post_init__(self):
+        if self.keep not in ("closest", "first"):
+            raise ParamError(f"dedup.keep must be 'closest' or 'first', got '{self.keep}'")
+        for name in ("candidates", "beam", "iters", "chunk"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ParamError(f"dedup.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not self.reg > 0:
+            raise ParamError(f"dedup.reg must be > 0, got {self.reg!r}")
 
     @classmethod
     def from_params(cls, p, **given) -> "DedupConfig":
@@ -185,10 +197,9 @@ def greedy_matching(rows: np.ndarray, cols: np.ndarray, order: np.ndarray, n_row
     its column is taken by the sequential greedy too (nothing before it can close either end), so each pass
     takes all such edges at once and drops the edges they close; the result is the sequential one exactly.
     Returns the taken edges' indices."""
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    e = torch.from_numpy(np.asarray(order, np.int64))
-    r, c = torch.from_numpy(rows)[e], torch.from_numpy(cols)[e]
+    e = torch.from_numpy(np.ascontiguousarray(order, np.int64))
+    r = torch.from_numpy(np.ascontiguousarray(rows, np.int64))[e]
+    c = torch.from_numpy(np.ascontiguousarray(cols, np.int64))[e]
     rk = torch.arange(len(e))
     big = torch.iinfo(torch.int64).max
     taken = []
@@ -203,17 +214,23 @@ def greedy_matching(rows: np.ndarray, cols: np.ndarray, order: np.ndarray, n_row
         closed_c[c[win]] = True
         keep = ~(closed_r[r] | closed_c[c])
         e, r, c, rk = e[keep], r[keep], c[keep], rk[keep]
+        if 0 < int(win.sum()) < 16:  # a chain of edges (few per pass): finish it in one sequential sweep
+            open_r, open_c, seq = np.ones(n_rows, bool), np.ones(n_cols, bool), []
+            for ei, ri, ci in zip(e.tolist(), r.tolist(), c.tolist()):
+                if open_r[ri] and open_c[ci]:
+                    open_r[ri] = open_c[ci] = False
+                    seq.append(ei)
+            taken.append(torch.tensor(seq, dtype=torch.int64))
+            break
     return torch.cat(taken).numpy() if taken else np.zeros(0, np.int64)
 
 
 def dedup(codes: np.ndarray, z: np.ndarray, codebooks: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, dict]:
     codes = codes.astype(np.int64).copy()
-    L, K, _ = codebooks.shape
+    L, K, d = codebooks.shape
     N = len(codes)
     if N > K ** L:
         raise ParamError(f"{N} items cannot have unique IDs with {K}^{L} = {K ** L} codes")
-    if cfg.keep not in ("closest", "first"):
-        raise ParamError(f"dedup.keep must be 'closest' or 'first', got '{cfg.keep}'")
     ids = sid_int(codes, K)
     err = ((z - reconstruction(codes, codebooks)) ** 2).sum(1)
     # keeper per collision group: closest reconstruction (or first index), the others move
@@ -233,14 +250,18 @@ def dedup(codes: np.ndarray, z: np.ndarray, codebooks: np.ndarray, cfg: DedupCon
         while len(remaining):
             # movers left over compete for the same few nearest free IDs: each round doubles their candidates
             # (up to 16x), so that a crowded region empties in a few rounds, not in one per `candidates` IDs
-            n_keep = cfg.candidates * 2 ** min(report["rounds"], 4)
+            # (within an edge budget: memory grows with leftover movers x candidates)
+            n_keep = min(cfg.candidates * 2 ** min(report["rounds"], 4),
+                         max(cfg.candidates, cfg.EDGES // len(remaining)))
             cand_ids = np.full((len(remaining), n_keep), -1, np.int64)
             cand_cost = np.full((len(remaining), n_keep), np.inf)
             todo = np.arange(len(remaining))
             while len(todo):  # search; movers with no free ID at their width widen one level and search again
                 for w in np.unique(width[remaining[todo]]):
                     sel = todo[width[remaining[todo]] == w]
-                    step = cfg.chunk * cfg.beam if w == L - 1 else cfg.chunk  # memory: chunk * beam * K floats
+                    # memory per step: chunk * beam * K floats, for the search (K or beam * K per mover) and
+                    # for the exact costs of the kept candidates (n_keep * d float64 per mover)
+                    step = max(1, cfg.chunk * cfg.beam * K // max(K if w == L - 1 else cfg.beam * K, 2 * n_keep * d))
                     for s in range(0, len(sel), step):
                         part = sel[s:s + step]
                         m = remaining[part]
