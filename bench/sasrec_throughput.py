@@ -47,7 +47,7 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     batches = window_batches(train, cfg.batch_size, np.random.default_rng(0))[: a.steps + 3]
     model.train()
-    n, t0 = 0, None
+    n, t0, n_targets = 0, None, train.n_targets
     for j, idx in enumerate(batches):
         if j == 3:  # 3 warm-up steps
             t0 = time.perf_counter()
@@ -57,7 +57,7 @@ def main() -> None:
         loss.backward()
         opt.step()
         if j >= 3:
-            n += int(train.n_targets[idx].sum())
+            n += int(n_targets[idx].sum())
     sps = n / (time.perf_counter() - t0)
     test = SeqData.from_heldout(test_df.head(a.users), max_len)
     model.rank(test, 20, cfg.eval_batch, "cpu")  # warm-up

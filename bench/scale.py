@@ -18,6 +18,7 @@ samples/s over `--train-steps` steps, decoding users/s over `--users` test users
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -128,7 +129,10 @@ def report(results: Path, dest: Path) -> None:
     sizes = [s for s in SIZES if any(k[0] == s for k in rows)]
     dest.mkdir(parents=True, exist_ok=True)
     lines = ["| stage | " + " | ".join(f"{s} items" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
-    runs = sorted({(r.get("machine", "machine not recorded"), r["commit"]) for r in rows.values()})
+    runs: dict[str, list[str]] = {}  # machine -> commits, in the order measured
+    for r in sorted(rows.values(), key=lambda r: r["date"]):
+        c = runs.setdefault(r.get("machine", "machine not recorded"), [])
+        c += [r["commit"]] if r["commit"] not in c else []
     dates = sorted(r["date"] for r in rows.values())
     for st in STAGES:
         cells = []
@@ -152,7 +156,9 @@ def report(results: Path, dest: Path) -> None:
             cells.append(f"{r['wall_s']:,} s, {r['peak_rss_gib']} GiB{extra}")
         lines.append(f"| {st} | " + " | ".join(cells) + " |")
     if rows:
-        lines += ["", f"Measured {dates[0]} .. {dates[-1]}; " + "; ".join(f"commit {c} on {m}" for m, c in runs) + "."]
+        lock = hashlib.sha256((ROOT / "requirements.lock").read_bytes()).hexdigest()[:12]
+        lines += ["", f"Measured {dates[0]} .. {dates[-1]}; " + "; ".join(f"commits {', '.join(c)} on {m}" for m, c in runs.items())
+                  + f"; lock {lock} (requirements.lock when the table was written)."]
     (dest / "scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:

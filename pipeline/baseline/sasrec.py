@@ -179,13 +179,14 @@ def fit(model: SASRec, train: Windows, valid: SeqData, seed: int, device: str, c
         model.train()
         t0 = time.time()
         total, seen = torch.zeros((), device=device), 0  # summed on the device, read once an epoch
+        n_targets = train.n_targets  # a property: computed once, not once per step
         for idx in progress(window_batches(train, cfg.batch_size, rng), desc=f"baseline epoch {epoch}", leave=False):
             b = train.batch(idx, 1, device)
             loss = model.loss(b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            n = int(train.n_targets[idx].sum())
+            n = int(n_targets[idx].sum())
             total += loss.detach() * n
             seen += n
         train_s = time.time() - t0

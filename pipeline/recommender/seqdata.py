@@ -86,8 +86,9 @@ class SeqData:
         (`static_batches`), else each padded to its longest history, similar lengths together with `bucket`."""
         if buckets:
             return static_batches(self.lengths, lambda w: batch_size, rng, buckets)
-        return [HostBatch(i, len(i), int(self.lengths[i].max()), len(i))
-                for i in epoch_batches(len(self), batch_size, rng, self.lengths, bucket)]
+        lengths = self.lengths  # a property: computed once, not once per batch (quadratic at 10M samples)
+        return [HostBatch(i, len(i), int(lengths[i].max()), len(i))
+                for i in epoch_batches(len(self), batch_size, rng, lengths, bucket)]
 
     def device_rows(self, n_buckets: int, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Rows `idx` (default all) padded to the longest of all: (n, 2, W) history items and Δt buckets,
@@ -189,7 +190,8 @@ class Windows:
         if buckets:
             return static_batches(self.end - self.start - 1, lambda w: max(1, batch_size // w), rng, buckets,
                                   self.n_targets)
-        return [HostBatch(i, len(i), int((self.end[i] - self.start[i]).max()) - 1, int(self.n_targets[i].sum()))
+        n_targets = self.n_targets  # a property: computed once, not once per batch
+        return [HostBatch(i, len(i), int((self.end[i] - self.start[i]).max()) - 1, int(n_targets[i].sum()))
                 for i in window_batches(self, batch_size, rng, bucket)]
 
     def device_rows(self, n_buckets: int, idx: np.ndarray | None = None) -> tuple[np.ndarray, None]:
