@@ -29,7 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.amp import cpu_capability, resolve_amp, resolve_decode_amp  # noqa: E402
+from pipeline.amp import cpu_capability, cpu_model, resolve_amp, resolve_decode_amp  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.recommender.assets import build_model, load_assets, model_config  # noqa: E402
 from pipeline.recommender.beam import TrieIndex  # noqa: E402
@@ -41,15 +41,7 @@ from pipeline.recommender.train import (FitConfig, compiled_loss, make_optimizer
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, torch {torch.__version__} kernel set {cpu_capability()}, {torch.get_num_threads()} threads"
+    return f"{cpu_model() or 'unknown CPU'}, torch {torch.__version__} kernel set {cpu_capability()}, {torch.get_num_threads()} threads"
 
 
 def profile_steps(device: str, batches, run_steps) -> None:

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pipeline.amp import describe_cpu  # noqa: E402
 SIZES = {"tiny": 2_000, "12k": 12_000, "100k": 100_000, "1m": 1_000_000}
 STAGES = ("synth", "preprocess", "embed", "collab", "quantize", "dedup", "trie", "prism", "sasrec")
 
@@ -97,20 +99,6 @@ def run_stage(size: str, stage: str, args) -> dict:
         r.update(vals)
         return r
     raise ValueError(stage)
-
-
-def machine() -> str:
-    """CPU model, cores, bf16 flags and torch's kernel set: every line says where it was measured."""
-    model, flags = "unknown CPU", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name") and model == "unknown CPU":
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-    kernels = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__, "
-                              "torch.backends.cpu.get_cpu_capability())"], capture_output=True, text=True).stdout.split()
-    bf16 = "+".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no native bf16"
-    return f"{model}, {os.cpu_count()} cores, {bf16}, torch {' kernel set '.join(kernels)}"
 
 
 def done(results: Path) -> dict[tuple[str, str], dict]:
@@ -214,7 +202,7 @@ def main() -> None:
         ap.error(f"unknown size or stage: {', '.join(bad)} (sizes {', '.join(SIZES)}; stages {', '.join(STAGES)})")
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
-    where = machine() if sizes else ""
+    where = describe_cpu() if sizes else ""
     for size in sizes:
         for stage in stages:
             if (size, stage) in done(results):

@@ -75,6 +75,22 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; "" elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+def describe_cpu() -> str:
+    """Where a speed figure was measured: CPU model, cores, native bf16 flags, torch and its kernel set."""
+    bf16 = "+".join(f for f in _BF16_FLAGS if f in cpu_flags()) or "no native bf16"
+    return (f"{cpu_model() or 'unknown CPU'}, {os.cpu_count()} cores, {bf16}, "
+            f"torch {torch.__version__} kernel set {cpu_capability()}")
+
+
 @functools.lru_cache(maxsize=None)
 def _auto(device_type: str, force_fp32: bool) -> AmpChoice:
     if force_fp32:

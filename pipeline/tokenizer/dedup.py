@@ -123,13 +123,20 @@ class Occupancy:
             return self.counts[tokens].view(-1, K)[parents] >= K ** (L - tokens - 1)
         ids = (parents[..., None] * K + torch.arange(K)).numpy()
         if tokens == L - 1:
-            pos = np.minimum(np.searchsorted(self.sorted, ids), max(len(self.sorted) - 1, 0))
-            return torch.from_numpy((self.sorted[pos] == ids) if len(self.sorted) else np.zeros(ids.shape, bool))
-        uniq, cnt = self._pref[tokens]
-        if not len(uniq):
-            return torch.zeros(ids.shape, dtype=torch.bool)
-        pos = np.minimum(np.searchsorted(uniq, ids), len(uniq) - 1)
-        return torch.from_numpy((uniq[pos] == ids) & (cnt[pos] >= K ** (L - tokens - 1)))
+            return torch.from_numpy(_lookup(self.sorted, ids)[0])
+        uniq, counts = self._pref[tokens]
+        found, cnt = _lookup(uniq, ids, counts)
+        return torch.from_numpy(found & (cnt >= K ** (L - tokens - 1)))
+
+
+def _lookup(keys: np.ndarray, q: np.ndarray, values: np.ndarray | None = None):
+    """Bisection in sorted `keys`: whether each query is a key, and (given `values` beside the keys) the
+    value at it (0 where it is not)."""
+    if not len(keys):
+        return np.zeros(q.shape, bool), np.zeros(q.shape, np.int64)
+    pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+    found = keys[pos] == q
+    return found, (np.where(found, values[pos], 0) if values is not None else None)
 
 
 def find_candidates(z: torch.Tensor, prefix: torch.Tensor, w: int, codebooks: torch.Tensor, occ: Occupancy,
@@ -164,12 +171,10 @@ def find_candidates(z: torch.Tensor, prefix: torch.Tensor, w: int, codebooks: to
         dead = ~torch.isfinite(top_cost)
         if l < L - 1:
             res = torch.gather(res, 1, b_idx[..., None].expand(-1, -1, d)) - e[k_idx]
-    ids, ok = part_id, ~dead
-    ids_np = ids.numpy()
-    codes = sid_codes(ids_np.reshape(-1), K, L).reshape(B, k, L)
-    recon = sum(codebooks[l].numpy()[codes[..., l]] for l in range(L))
+    ids_np = part_id.numpy()
+    recon = reconstruction(sid_codes(ids_np.reshape(-1), K, L), codebooks.numpy()).reshape(B, k, d)
     exact = ((z.numpy()[:, None, :].astype(np.float64) - recon) ** 2).sum(-1)
-    exact = np.where(ok.numpy(), exact, np.inf)
+    exact = np.where(dead.numpy(), np.inf, exact)
     order = np.argsort(exact, axis=1, kind="stable")
     out_ids, out_costs = np.take_along_axis(ids_np, order, 1), np.take_along_axis(exact, order, 1)
     return np.where(np.isfinite(out_costs), out_ids, -1), out_costs
@@ -225,6 +230,32 @@ def greedy_matching(rows: np.ndarray, cols: np.ndarray, order: np.ndarray, n_row
     return torch.cat(taken).numpy() if taken else np.zeros(0, np.int64)
 
 
+def round_candidates(remaining: np.ndarray, width: np.ndarray, codes: np.ndarray, zt: torch.Tensor,
+                     cbt: torch.Tensor, occ: Occupancy, n_keep: int, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates (ids, costs), (len(remaining), n_keep) with -1 / inf padding, of one round. A mover that finds
+    no free ID at its width widens one level (`width`, updated in place) and searches again."""
+    L, K, d = cbt.shape
+    cand_ids = np.full((len(remaining), n_keep), -1, np.int64)
+    cand_cost = np.full((len(remaining), n_keep), np.inf)
+    todo = np.arange(len(remaining))
+    while len(todo):
+        for w in np.unique(width[remaining[todo]]):
+            sel = todo[width[remaining[todo]] == w]
+            # memory per step: chunk * beam * K floats, for the search (K or beam * K per mover) and for the
+            # exact costs of the kept candidates (n_keep * d float64 per mover)
+            step = max(1, cfg.chunk * cfg.beam * K // max(K if w == L - 1 else cfg.beam * K, 2 * n_keep * d))
+            for s in range(0, len(sel), step):
+                part = sel[s:s + step]
+                m = remaining[part]
+                i_, c_ = find_candidates(zt[m], torch.from_numpy(codes[m]), int(w), cbt, occ, n_keep, cfg.beam)
+                cand_ids[part, :i_.shape[1]], cand_cost[part, :i_.shape[1]] = i_, c_
+        todo = todo[(cand_ids[todo] < 0).all(1)]
+        if len(todo) and (width[remaining[todo]] == 0).any():
+            raise RuntimeError("dedup: no free semantic ID found (should not happen when K^L >= N)")
+        width[remaining[todo]] -= 1
+    return cand_ids, cand_cost
+
+
 def dedup(codes: np.ndarray, z: np.ndarray, codebooks: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, dict]:
     codes = codes.astype(np.int64).copy()
     L, K, d = codebooks.shape
@@ -253,26 +284,7 @@ def dedup(codes: np.ndarray, z: np.ndarray, codebooks: np.ndarray, cfg: DedupCon
             # (within an edge budget: memory grows with leftover movers x candidates)
             n_keep = min(cfg.candidates * 2 ** min(report["rounds"], 4),
                          max(cfg.candidates, cfg.EDGES // len(remaining)))
-            cand_ids = np.full((len(remaining), n_keep), -1, np.int64)
-            cand_cost = np.full((len(remaining), n_keep), np.inf)
-            todo = np.arange(len(remaining))
-            while len(todo):  # search; movers with no free ID at their width widen one level and search again
-                for w in np.unique(width[remaining[todo]]):
-                    sel = todo[width[remaining[todo]] == w]
-                    # memory per step: chunk * beam * K floats, for the search (K or beam * K per mover) and
-                    # for the exact costs of the kept candidates (n_keep * d float64 per mover)
-                    step = max(1, cfg.chunk * cfg.beam * K // max(K if w == L - 1 else cfg.beam * K, 2 * n_keep * d))
-                    for s in range(0, len(sel), step):
-                        part = sel[s:s + step]
-                        m = remaining[part]
-                        i_, c_ = find_candidates(zt[m], torch.from_numpy(codes[m]), int(w), cbt, occ,
-                                                 n_keep, cfg.beam)
-                        cand_ids[part, :i_.shape[1]], cand_cost[part, :i_.shape[1]] = i_, c_
-                none = todo[(cand_ids[todo] < 0).all(1)]
-                if len(none) and (width[remaining[none]] == 0).any():
-                    raise RuntimeError("dedup: no free semantic ID found (should not happen when K^L >= N)")
-                width[remaining[none]] -= 1
-                todo = none
+            cand_ids, cand_cost = round_candidates(remaining, width, codes, zt, cbt, occ, n_keep, cfg)
             r, k = np.nonzero(cand_ids >= 0)
             col_ids, cols = np.unique(cand_ids[r, k], return_inverse=True)
             cost = cand_cost[r, k]
